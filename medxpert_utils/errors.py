@@ -1,0 +1,17 @@
+"""Errors that are the user's to fix: the CLI and dashboard show their one-line message, no traceback."""
+
+
+class UserError(Exception):
+    """Base of every error caused by input (a bad path, params, image, query or a missing run stage)."""
+
+
+class ImageLoadError(UserError, ValueError):
+    """A file is not a readable image (corrupt, truncated, wrong format); the message names the file."""
+
+
+class MissingModelError(UserError, OSError):
+    """Weights or data could not be loaded (offline, not cached, no access); the message says what to do."""
+
+
+class RunNotReadyError(UserError, FileNotFoundError):
+    """A run lacks what a later stage needs; the message names the notebook to run first."""
