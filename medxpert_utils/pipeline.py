@@ -36,10 +36,10 @@ class Stage:
         return self.path.stem
 
 
-def discover(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Stage]:
+def discover(notebooks_dir: Path | None = None) -> list[Stage]:
     """The numbered notebooks of the chain, in order."""
     stages = []
-    for path in sorted(notebooks_dir.glob("*.ipynb")):
+    for path in sorted((notebooks_dir or NOTEBOOKS_DIR).glob("*.ipynb")):
         match = _NB.match(path.name)
         if match and match.group(1) not in NOT_IN_CHAIN:
             stages.append(Stage(match.group(1), path))

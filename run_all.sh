@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# MedXpert: one command for the whole chain, the tests, the dashboard and sweeps.
+#
+#   ./run_all.sh [PARAMS] [--run NAME] [--from NN] [--only NN ...] [--until NN] [--set KEY=VALUE ...]
+#   ./run_all.sh --test [PYTEST ARGS ...]
+#   ./run_all.sh --dashboard [--run NAME] [--port N]
+#   ./run_all.sh --sweep params/sweeps/NAME.yaml [--until NN] [--parallel N]
+#
+# Sets up what it needs: when this Python lacks the dependencies it creates .venv and installs them
+# (torch==2.13.0 first, the CPU build, so pip never picks a multi-GB CUDA build for the torch range);
+# when they are importable it installs nothing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT=$(pwd)
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+
+MODE=chain
+PARAMS=""
+CHAIN_ARGS=()
+EXTRA=()
+RUN=""
+PORT=""
+SWEEP=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --test) MODE=test; shift; EXTRA=("$@"); break ;;
+    --dashboard) MODE=dashboard; shift ;;
+    --sweep) MODE=sweep; SWEEP="${2:?--sweep needs a sweep YAML, e.g. params/sweeps/demo_grid.yaml}"; shift 2 ;;
+    --run) RUN="${2:?--run needs a run name or path}"; shift 2 ;;
+    --port) PORT="${2:?--port needs a number}"; shift 2 ;;
+    --from|--until|--parallel) CHAIN_ARGS+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    --set) CHAIN_ARGS+=("$1" "${2:?--set needs KEY=VALUE}"); shift 2 ;;
+    --only) shift; ONLY=(); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do ONLY+=("$1"); shift; done
+            [ ${#ONLY[@]} -gt 0 ] || { echo "run_all.sh: --only needs notebook numbers, e.g. --only 02 03" >&2; exit 2; }
+            CHAIN_ARGS+=(--only "${ONLY[@]}") ;;
+    --*) echo "run_all.sh: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
+    *) if [ -z "$PARAMS" ]; then PARAMS="$1"; shift; else echo "run_all.sh: unexpected argument $1" >&2; exit 2; fi ;;
+  esac
+done
+
+# --- environment -------------------------------------------------------------------------------
+CHECK_IMPORTS='import torch, transformers, tokenizers, datasets, faiss, pandas, pyarrow, PIL, pydicom, seaborn, \
+sklearn, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
+voila, accelerate, pydantic, yaml, tqdm'
+TEST_IMPORTS='import pytest, playwright.sync_api'
+
+have_deps() { "$1" -c "$CHECK_IMPORTS${2:+; $2}" >/dev/null 2>&1; }
+
+pick_python() {
+  local candidates=()
+  [ -n "${PYTHON:-}" ] && candidates+=("$PYTHON")
+  [ -x "$ROOT/.venv/bin/python" ] && candidates+=("$ROOT/.venv/bin/python")
+  candidates+=(python3 python)
+  local extra=""
+  [ "$MODE" = test ] && extra="$TEST_IMPORTS"
+  for py in "${candidates[@]}"; do
+    if command -v "$py" >/dev/null 2>&1 && have_deps "$py" "$extra"; then echo "$py"; return 0; fi
+  done
+  return 1
+}
+
+bootstrap_venv() {
+  local base="${PYTHON:-python3}"
+  echo "run_all.sh: dependencies missing - creating .venv and installing them (one time)" >&2
+  [ -x .venv/bin/python ] || "$base" -m venv .venv
+  .venv/bin/python -m pip install --upgrade pip >&2
+  if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+    .venv/bin/python -m pip install "${MEDXPERT_TORCH_SPEC:-torch==2.13.0}" >&2
+  fi
+  .venv/bin/python -m pip install -e ".[test]" >&2
+  echo "$ROOT/.venv/bin/python"
+}
+
+PY=$(pick_python) || PY=$(bootstrap_venv)
+# The package must be this checkout's (a clone elsewhere must not import another checkout's code).
+if ! "$PY" -c "import medxpert_utils, pathlib, sys; sys.exit(0 if pathlib.Path(medxpert_utils.__file__).resolve().parent.parent == pathlib.Path('$ROOT').resolve() else 1)" >/dev/null 2>&1; then
+  echo "run_all.sh: installing this checkout's medxpert_utils (editable, no dependencies)" >&2
+  "$PY" -m pip install --no-deps --no-build-isolation -q -e . >&2 || "$PY" -m pip install --no-deps -q -e . >&2
+fi
+
+# --- modes -------------------------------------------------------------------------------------
+case "$MODE" in
+  test)
+    if [ ! -x /usr/bin/chromium ]; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run_all.sh: installing Debian's chromium for the dashboard browser test" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
+      else
+        echo "run_all.sh: /usr/bin/chromium is missing - install Debian's chromium (apt-get install chromium) for the browser test" >&2
+      fi
+    fi
+    exec "$PY" -m pytest "${EXTRA[@]}"
+    ;;
+  dashboard)
+    exec "$PY" -m medxpert_utils.dashboard ${RUN:+--run "$RUN"} ${PORT:+--port "$PORT"}
+    ;;
+  sweep)
+    exec "$PY" -m medxpert_utils sweep "$SWEEP" "${CHAIN_ARGS[@]}"
+    ;;
+  chain)
+    exec "$PY" -m medxpert_utils run "${PARAMS:-params/demo.yaml}" ${RUN:+--run "$RUN"} "${CHAIN_ARGS[@]}"
+    ;;
+esac
