@@ -25,7 +25,13 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in pair:
             raise UserError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-5" as a string; people mean the number
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 
