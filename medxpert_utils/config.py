@@ -54,7 +54,7 @@ class DataParams(_Section):
     hf_split: str = Field("train", description="mimic_hf: split of the Hugging Face dataset to read.")
     hf_revision: str | None = Field(None, description="mimic_hf: dataset revision (commit or tag) for reproducibility.")
     root: str | None = Field(
-        None, description="mimic_cxr_jpg / iu_xray / csv: folder holding the dataset (relative paths are from the project root)."
+        None, description="mimic_cxr_jpg / iu_xray / csv: folder holding the dataset ('data/...' resolves inside the dataset cache, other relative paths from the project root)."
     )
     reports_root: str | None = Field(None, description="mimic_cxr_jpg: folder of mimic-cxr-reports (files/pXX/...txt); default: root.")
     csv_file: str | None = Field(None, description="csv: CSV file name inside root (or an absolute path).")
@@ -122,6 +122,9 @@ class TrainParams(_Section):
     checkpoint_every_steps: int = Field(200, ge=1, description="Save resumable state every N optimiser steps.")
     resume: bool = Field(True, description="Continue from the run's last checkpoint when one exists.")
     val_max_pairs: int | None = Field(None, ge=2, description="Validate on at most this many pairs (None: whole split).")
+    compare_losses_minutes: float | None = Field(
+        None, gt=0, description="Notebook 01: also train InfoNCE and the label-aware loss from the base for this many "
+        "minutes each (same steps) and compare them on val (None: skip).")
     augment: AugmentParams = Field(default_factory=AugmentParams, description="Training-time image augmentation.")
 
 
