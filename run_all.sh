@@ -42,7 +42,7 @@ done
 
 # --- environment -------------------------------------------------------------------------------
 CHECK_IMPORTS='import torch, transformers, tokenizers, datasets, faiss, pandas, pyarrow, PIL, pydicom, seaborn, \
-sklearn, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
+sklearn, scipy, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
 voila, accelerate, pydantic, yaml, tqdm'
 TEST_IMPORTS='import pytest, playwright.sync_api'
 
