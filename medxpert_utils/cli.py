@@ -94,7 +94,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from medxpert_utils.sweep import run_sweep
 
     summary = run_sweep(args.sweep, until=args.until, parallel=args.parallel, dry_run=args.dry_run)
-    return 0 if summary.get("failed", 0) == 0 else 1
+    # run_sweep has printed each failure and where to look; the exit code tells scripts and CI.
+    compared = (summary.get("comparison") or {}).get("status") != "failed"
+    return 0 if summary.get("failed", 0) == 0 and compared else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,126 @@
+"""Caption scores: BLEU (sacrebleu), ROUGE-L (rouge-score) and CheXpert-label F1 (sklearn)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from medxpert_utils import io
+from medxpert_utils.captions.model import TINY, model_specs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from medxpert_utils.config import Config
+
+def positive_labels(text: str) -> frozenset[str]:
+    """CheXpert observations the labeler marks positive (1) in ``text``."""
+    from medxpert_utils.data.labels import label_report
+
+    return frozenset(name for name, value in label_report(text or "").items() if value == 1)
+
+
+def label_f1(predicted: Sequence[Iterable[str]], reference: Sequence[Iterable[str]]) -> dict[str, Any]:
+    """CheXpert-label F1 of predicted vs reference positive-label sets (sklearn ``f1_score``).
+
+    ``micro`` pools all 14 observations; ``macro`` averages the per-observation F1 over observations
+    that occur (in the references or predictions) - one absent from both is undefined and left out
+    rather than counted as 0. Returns micro, macro, per_label (None where undefined) and n.
+    """
+    from sklearn.metrics import f1_score
+
+    from medxpert_utils.data.labels import CHEXPERT_LABELS
+
+    names = list(CHEXPERT_LABELS)
+    pred = np.array([[name in set(p) for name in names] for p in predicted], dtype=int).reshape(-1, len(names))
+    ref = np.array([[name in set(r) for name in names] for r in reference], dtype=int).reshape(-1, len(names))
+    if len(pred) != len(ref):
+        raise ValueError(f"{len(pred)} predictions for {len(ref)} references")
+    if len(ref) == 0:
+        return {"micro": None, "macro": None, "per_label": {n: None for n in names}, "n": 0}
+    micro = f1_score(ref, pred, average="micro", zero_division=0.0) if (ref.any() or pred.any()) else None
+    per = f1_score(ref, pred, average=None, zero_division=np.nan)
+    defined = [float(v) for v in per if not np.isnan(v)]
+    return {"micro": None if micro is None else float(micro), "macro": float(np.mean(defined)) if defined else None,
+            "per_label": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per)}, "n": int(len(ref))}
+
+
+def score_captions(captions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """BLEU-4 (fraction), ROUGE-L F and CheXpert-label F1 (micro/macro) of captions against references."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    captions = [str(c or "") for c in captions]
+    references = [str(r or "") for r in references]
+    if len(captions) != len(references):
+        raise ValueError(f"{len(captions)} captions for {len(references)} references")
+    if not captions:
+        return {"n": 0, "BLEU": None, "ROUGE-L": None, "label_f1_micro": None, "label_f1_macro": None}
+    bleu = sacrebleu.corpus_bleu(captions, [references]).score / 100.0
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = float(np.mean([scorer.score(ref, cap)["rougeL"].fmeasure for cap, ref in zip(captions, references)]))
+    f1 = label_f1([positive_labels(c) for c in captions], [positive_labels(r) for r in references])
+    return {"n": len(captions), "BLEU": bleu, "ROUGE-L": rouge, "label_f1_micro": f1["micro"],
+            "label_f1_macro": f1["macro"], "label_f1_per_label": f1["per_label"]}
+
+
+def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None, split: str = "test") -> dict[str, Any]:
+    """Score each captioner in ``frame`` (from :func:`caption_split`) and write ``metrics/captions.json``."""
+    result: dict[str, Any] = {
+        "split": split,
+        "n_images": int(frame["image_path"].nunique()) if len(frame) else 0,
+        "n_skipped": int(frame.attrs.get("n_skipped", 0)),
+        "definitions": {"BLEU": "sacrebleu corpus BLEU-4 / 100", "ROUGE-L": "rouge-score ROUGE-L F-measure, mean",
+                        "label_f1": "CheXpert-label F1 (positive = 1) of caption vs reference, micro and macro over "
+                                    "the 14 observations (macro over observations that occur)"},
+        "models": {},
+    }
+    specs = model_specs(cfg)
+    for name, group in frame.groupby("model", sort=False):
+        scores = score_captions(group["caption"].tolist(), group["reference"].tolist())
+        scores["model"] = specs.get(name, name)
+        scores["untrained"] = name == "base" and cfg.captions.model == TINY
+        result["models"][name] = scores
+    if training:
+        result["training"] = training
+    io.write_json(cfg.paths.metrics / "captions.json", result)
+    return result
+
+
+def scores_table(result: dict[str, Any]) -> "pd.DataFrame":
+    """The scores of :func:`score_run` as one row per captioner."""
+    import pandas as pd
+
+    rows = []
+    for name, scores in result.get("models", {}).items():
+        label = f"{name} (untrained)" if scores.get("untrained") else name
+        rows.append({"captioner": label, "n": scores["n"], "BLEU": scores["BLEU"], "ROUGE-L": scores["ROUGE-L"],
+                     "label F1 (micro)": scores["label_f1_micro"], "label F1 (macro)": scores["label_f1_macro"]})
+    return pd.DataFrame(rows).set_index("captioner") if rows else pd.DataFrame()
+
+
+def examples_html(frame: "pd.DataFrame", n: int = 6, side: int = 96) -> str:
+    """The first ``n`` test images side by side with the reference report and each captioner's caption."""
+    import html
+
+    from medxpert_utils.report.render import thumbnail_uri
+
+    if frame.empty:
+        return "<p>No captions.</p>"
+    models = list(dict.fromkeys(frame["model"]))
+    images = list(dict.fromkeys(frame["image_path"]))[:n]
+    by_key = {(r.image_path, r.model): r for r in frame.itertuples(index=False)}
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    rows = []
+    for path in images:
+        first = by_key[(path, models[0])] if (path, models[0]) in by_key else next(
+            r for (p, _), r in by_key.items() if p == path)
+        uri = thumbnail_uri(path, side)
+        img = f"<img src='{uri}' width='{side}' style='image-rendering:pixelated'>" if uri else ""
+        cells = "".join(f"<td>{html.escape(by_key[(path, m)].caption) if (path, m) in by_key else ''}</td>"
+                        for m in models)
+        rows.append(f"<tr><td>{img}<br><small>{html.escape(str(first.study_id))}</small></td>"
+                    f"<td>{html.escape(str(first.reference))}</td>{cells}</tr>")
+    style = "border-collapse:collapse"
+    return (f"<table style='{style}'><tr><th>image</th><th>reference report</th>{head}</tr>{''.join(rows)}</table>")

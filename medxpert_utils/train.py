@@ -1,0 +1,712 @@
+"""Contrastive fine-tuning of CLIP on image-report pairs (notebook 01 and ``python -m medxpert_utils.train``).
+
+The recipe comes from ``params.train``: AdamW (no weight decay on biases, norms and the logit
+scale), linear warm-up then cosine / linear / constant decay (``transformers.get_scheduler``),
+gradient accumulation, optional freezing of early vision blocks, plain InfoNCE or the
+label-aware loss, and autocast (bf16, or fp16 with a GradScaler) on GPU. Each epoch ends with a
+validation pass; the checkpoint with the best validation image->text top-1 accuracy is saved
+with ``save_pretrained`` into ``models/clip/``. Metrics go to ``metrics/train.json``, the curves
+to ``figures/training_curves.png``.
+
+Reproducibility and resuming. Runs are seeded; on CPU they are deterministic (same params ->
+same metrics). Every ``checkpoint_every_steps`` optimiser steps the whole training state --
+weights, optimiser, scheduler, scaler, RNGs, history and the loader position (epoch, batch) --
+is written atomically to ``checkpoints/last.pt``. The batch order of an epoch is a permutation
+seeded by (seed, epoch) and augmentation is seeded by (seed, epoch, row), so a resumed run
+continues mid-epoch and ends bit-identical to an uninterrupted one. Only the last checkpoint is
+kept; after a successful finish it stays (marked finished, a few MB for the tiny model) so that
+rerunning the notebook returns the recorded result instead of training again. A checkpoint made
+with other params is ignored (a note is printed) and training starts over.
+
+Time budgets. With ``max_minutes`` the number of optimiser steps is planned before training:
+the zero-shot validation pass is timed and a few forward/backward passes on the first training
+batches are timed (no weights change), then the steps that fit the budget -- validation passes
+included -- set the LR schedule's length, so cosine decay completes within the budget. Training
+also stops when the clock runs out. Such runs depend on machine speed; deterministic tests use
+``max_steps``.
+
+Devices. One code path: a plain PyTorch loop on ``runtime.get_device`` (never ``.cuda()``). Under
+``accelerate launch`` with several processes an :class:`accelerate.Accelerator` wraps the model in
+DDP, each process reads its slice of every global batch (``batch_size`` pairs per process) and
+the embeddings are all-gathered with gradients, so the loss sees every pair of the global batch
+as a negative. The main process validates, writes checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from medxpert_utils import io
+from medxpert_utils.contrastive import clip_loss, label_aware_targets, retrieval_recall, retrieval_top1  # noqa: F401
+from medxpert_utils.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from medxpert_utils.config import Config
+
+LOG_SCALE_MAX = math.log(100.0)
+VAL_METRICS = ("val_loss", "val_i2t_acc", "val_t2i_acc", "val_i2t_r10", "val_t2i_r10")
+CHECKPOINT_NAME = "last.pt"
+_PROBE_BATCHES = 4
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the ``stop_after_steps`` test hook to simulate a crash after a given optimiser step."""
+
+
+# ---------------------------------------------------------------------------------------- plumbing
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where one training run writes: the best model, its checkpoints, metrics JSON and curves figure."""
+
+    model_dir: Path
+    checkpoints: Path
+    metrics: Path
+    figure: Path | None
+
+    @classmethod
+    def of_run(cls, cfg: "Config") -> "TrainOutputs":
+        return cls(cfg.paths.clip_finetuned, cfg.paths.checkpoints, cfg.paths.metrics / "train.json",
+                   cfg.paths.figures / "training_curves.png")
+
+    @classmethod
+    def under(cls, folder: Path) -> "TrainOutputs":
+        return cls(folder / "clip", folder / "checkpoints", folder / "train.json", folder / "training_curves.png")
+
+
+class _Dist:
+    """Several processes under ``accelerate launch``: the Accelerator, rank and gather helpers."""
+
+    def __init__(self, accelerator: Any):
+        self.acc = accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+
+    @classmethod
+    def create(cls, device_pref: str) -> "_Dist | None":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        from accelerate import Accelerator
+
+        return cls(Accelerator(cpu=device_pref == "cpu"))
+
+    def gather_with_grad(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return self.acc.gather(x.contiguous())
+
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
+
+    def broadcast(self, obj: Any) -> Any:
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj])[0]
+
+    def barrier(self) -> None:
+        self.acc.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """Deterministic kernels for the duration of training (restored afterwards); used on CPU."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only; biases, norms, embeddings' 1-D params and logit_scale none."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "bias" in name or "norm" in name or name.endswith("logit_scale"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _scheduler_name(name: str, warmup: int) -> str:
+    return {"cosine": "cosine", "linear": "linear"}.get(name, "constant_with_warmup" if warmup else "constant")
+
+
+def _val_frame(frame: "pd.DataFrame", max_pairs: int | None, seed: int) -> "pd.DataFrame":
+    val = frame[frame["split"] == "val"]
+    if max_pairs is not None and len(val) > max_pairs:
+        val = val.sample(n=max_pairs, random_state=seed).sort_index()
+    return val.reset_index(drop=True)
+
+
+def _data_fingerprint(frame: "pd.DataFrame") -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path, report in zip(frame["image_path"].astype(str), frame["report"].fillna("").astype(str)):
+        digest.update(f"{os.path.basename(path)}\x1f{report}\x1e".encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def _run_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame") -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (settings that do not change results are left out)."""
+    train_params = cfg.train.model_dump(mode="json")
+    for volatile in ("resume", "checkpoint_every_steps", "num_workers", "compare_losses_minutes"):
+        train_params.pop(volatile, None)
+    return {"train": train_params, "clip": cfg.clip.model_dump(mode="json"), "seed": cfg.seed,
+            "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
+            "train_data": _data_fingerprint(train), "val_data": _data_fingerprint(val)}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    with io.atomic_path(folder / CHECKPOINT_NAME, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(folder: Path, key: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
+    path = folder / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a damaged file must not block a fresh start
+        log(f"ignoring unreadable checkpoint {path} ({exc.__class__.__name__}); training from the start")
+        return None
+    if state.get("key") != key:
+        log(f"checkpoint {path} was made with other params or data; training from the start")
+        return None
+    return state
+
+
+def _plan_steps(budget_s: float, steps_per_epoch: int, epochs: int, step_s: float, val_s: float) -> int:
+    """Most optimiser steps whose training and validation time fit ``budget_s`` (at least 1)."""
+    def cost(steps: int) -> float:  # validation runs after every (possibly partial) epoch
+        return steps * step_s + math.ceil(steps / steps_per_epoch) * val_s
+
+    lo, hi = 1, epochs * steps_per_epoch
+    if cost(hi) <= budget_s:
+        return hi
+    while lo < hi:  # cost is monotonic: largest steps with cost <= budget
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= budget_s else (lo, mid - 1)
+    return lo
+
+
+# --------------------------------------------------------------------------------------- the loop
+
+
+class _Trainer:
+    """One training run: built by :func:`fit`, holding the model, data and mutable training state."""
+
+    def __init__(self, cfg: "Config", outputs: TrainOutputs, progress: bool, log: Callable[[str], None]):
+        from medxpert_utils import clip, runtime
+        from medxpert_utils.data import manifest
+        from medxpert_utils.data.torchdata import make_loader
+
+        self.t0 = time.perf_counter()
+        self.cfg, self.tp, self.outputs, self.progress, self.log = cfg, cfg.train, outputs, progress, log
+        self.dist = _Dist.create(cfg.device)
+        self.is_main = self.dist is None or self.dist.is_main
+        self.device = self.dist.acc.device if self.dist else runtime.get_device(cfg.device)
+        self.amp_dtype = runtime.autocast_dtype(self.device, self.tp.mixed_precision)
+
+        frame = manifest.read(cfg.run_dir)
+        self.train_df = frame[frame["split"] == "train"].reset_index(drop=True)
+        self.val_df = _val_frame(frame, self.tp.val_max_pairs, cfg.seed)
+        if len(self.train_df) < 2:
+            raise UserError(f"the training split has {len(self.train_df)} rows - contrastive training needs at least 2; "
+                            "check data.split or the dataset")
+        if self.is_main:
+            self.base = clip.prepare_base_model(cfg)
+        if self.dist:
+            self.dist.barrier()
+            self.base = clip.prepare_base_model(cfg) if not self.is_main else self.base  # reuses the built folder
+        self.key = _run_key(cfg, self.base, self.train_df, self.val_df)
+        self.model, self.processor = clip.load_clip(self.base, self.device)
+        clip.freeze_vision_layers(self.model, self.tp.freeze_vision_layers)
+        self.counts = clip.count_parameters(self.model)
+        self.core = self.model
+        if self.dist:
+            self.model = self.dist.acc.prepare_model(self.model)
+        self.max_length = min(cfg.clip.max_length, int(self.core.config.text_config.max_position_embeddings))
+
+        rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
+        workers = runtime.default_num_workers(self.tp.num_workers)
+        loader_args = dict(max_length=self.max_length, device=self.device, raw_pixels=True)
+        self.train_loader = make_loader(self.train_df, self.processor, self.tp.batch_size, True,
+                                        self.tp.augment if self.tp.augment.enabled else None, workers, cfg.seed,
+                                        rank=rank, world_size=world, **loader_args)
+        batches = self.train_loader.batch_sampler.batches_per_epoch()
+        self.accum = max(1, min(self.tp.grad_accum_steps, batches))
+        self.steps_per_epoch = batches // self.accum
+        self.train_loader.batch_sampler.num_batches = self.steps_per_epoch * self.accum
+        self.val_loader = (make_loader(self.val_df, self.processor, self.tp.batch_size, False, None, workers, cfg.seed,
+                                       **loader_args) if len(self.val_df) else None)
+
+        self.normalise = self.train_loader.dataset.transform.normalise_batch  # uint8 batches -> model input
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.tp.weight_decay), lr=self.tp.lr,
+                                           betas=tuple(self.tp.betas))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scheduler = None
+        # mutable state (saved in checkpoints)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best = {"epoch": None, "val_i2t_acc": -1.0}
+        self.zero_shot: dict[str, Any] = {}
+        self.planned_steps = 0
+        self.elapsed_before = 0.0
+        self.epoch_stats = {"loss_sum": 0.0, "loss_n": 0, "pairs": 0, "seconds": 0.0, "skipped": 0}
+        self.skipped_train = 0
+        self.skipped_val = 0
+        self.val_seconds = 0.0
+        self.stopped_early: str | None = None
+        self.model.train()
+
+    # -- pieces -------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def _targets(self, batch: dict[str, Any], groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        if self.tp.loss != "label_aware":
+            return None
+        la = self.tp.label_aware
+        return label_aware_targets(groups, labels if la.same_labels else None, la.label_weight).to(self.device)
+
+    def _forward_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        dev = self.device
+        with _autocast(dev, self.amp_dtype):
+            out = self.model(input_ids=batch["input_ids"].to(dev, non_blocking=True),
+                             attention_mask=batch["attention_mask"].to(dev, non_blocking=True),
+                             pixel_values=self.normalise(batch["pixel_values"].to(dev, non_blocking=True)))
+        image, text = out.image_embeds.float(), out.text_embeds.float()
+        groups, labels = batch["report_group"], batch["labels"]
+        if self.dist:
+            image, text = self.dist.gather_with_grad(image), self.dist.gather_with_grad(text)
+            groups = self.dist.gather(groups.to(dev)).cpu()
+            labels = self.dist.gather(labels.to(dev)).cpu()
+        return clip_loss(image, text, self.core.logit_scale, self._targets(batch, groups, labels))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (the training loss, batch by batch) and report-group top-1 accuracies."""
+        if self.val_loader is None:
+            return dict.fromkeys(VAL_METRICS, float("nan"))
+        from medxpert_utils.clip import image_features, text_features
+
+        was_training = self.core.training
+        self.core.eval()
+        images, texts, groups, losses, weights, skipped = [], [], [], [], [], 0
+        self.val_loader.batch_sampler.set_epoch(0)
+        for batch in self.val_loader:
+            skipped += batch["n_skipped"]
+            if not batch["n"]:
+                continue
+            with _autocast(self.device, self.amp_dtype):
+                pixels = self.normalise(batch["pixel_values"].to(self.device, non_blocking=True))
+                img = image_features(self.core, pixels).float()
+                txt = text_features(self.core, batch["input_ids"].to(self.device),
+                                    batch["attention_mask"].to(self.device)).float()
+            if batch["n"] > 1:
+                losses.append(clip_loss(img, txt, self.core.logit_scale,
+                                        self._targets(batch, batch["report_group"], batch["labels"])).item())
+                weights.append(batch["n"])
+            images.append(img.cpu())
+            texts.append(txt.cpu())
+            groups.append(batch["report_group"])
+        self.core.train(was_training)
+        self.skipped_val = skipped
+        if not images:
+            return dict.fromkeys(VAL_METRICS, float("nan"))
+        images, texts, groups = torch.cat(images), torch.cat(texts), torch.cat(groups)
+        acc = retrieval_top1(images, texts, groups)
+        r10 = retrieval_recall(images, texts, groups, k=10)
+        val_loss = float(np.average(losses, weights=weights)) if losses else float("nan")
+        return {"val_loss": val_loss, "val_i2t_acc": acc["i2t"], "val_t2i_acc": acc["t2i"],
+                "val_i2t_r10": r10["i2t"], "val_t2i_r10": r10["t2i"]}
+
+    def _probe_step_seconds(self) -> float:
+        """Seconds per optimiser step from a few forward/backward passes (weights untouched)."""
+        times, last = [], time.perf_counter()
+        self.train_loader.batch_sampler.set_epoch(0)
+        for i, batch in enumerate(self.train_loader):
+            if batch["n"] > 1:
+                loss = self._forward_loss(batch)
+                self.scaler.scale(loss / self.accum).backward()
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+            if i + 1 >= _PROBE_BATCHES:
+                break
+        self.optimizer.zero_grad(set_to_none=True)
+        per_batch = float(np.mean(times[1:])) if len(times) > 1 else float(times[0])
+        return per_batch * self.accum * 1.1  # +10%: the optimiser step is not in the probe
+
+    def _make_scheduler(self) -> None:
+        from transformers import get_scheduler
+
+        warmup = int(round(self.tp.warmup_ratio * self.planned_steps))
+        self.scheduler = get_scheduler(_scheduler_name(self.tp.scheduler, warmup), self.optimizer,
+                                       num_warmup_steps=warmup, num_training_steps=self.planned_steps)
+
+    def state_dict(self, finished: bool = False) -> dict[str, Any]:
+        return {
+            "key": self.key, "finished": finished, "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": self.step, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
+            "zero_shot": self.zero_shot, "planned_steps": self.planned_steps, "elapsed": self.elapsed(),
+            "epoch_stats": self.epoch_stats, "skipped_train": self.skipped_train, "val_seconds": self.val_seconds,
+            "stopped_early": self.stopped_early,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state["model"])
+        self.planned_steps = state["planned_steps"]
+        self._make_scheduler()  # first: building a scheduler resets the optimiser's lr, which the state restores
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for name in ("step", "epoch", "batch_in_epoch", "history", "best", "zero_shot", "epoch_stats",
+                     "skipped_train", "val_seconds"):
+            setattr(self, name, state[name])
+        self.elapsed_before = state["elapsed"]
+        self.t0 = time.perf_counter()
+        self.stopped_early = state.get("stopped_early")
+        _set_rng_state(state["rng"])
+
+    def checkpoint(self, finished: bool = False) -> None:
+        if self.is_main:
+            _save_checkpoint(self.outputs.checkpoints, self.state_dict(finished))
+
+    def _save_best(self) -> None:
+        from medxpert_utils.clip import save_clip
+
+        if self.is_main:
+            save_clip(self.core, self.processor, self.outputs.model_dir)
+
+    # -- the run ------------------------------------------------------------------------------
+    def plan(self) -> None:
+        """Zero-shot validation, then the schedule's length from epochs, max_steps and max_minutes."""
+        t = time.perf_counter()
+        if self.is_main:
+            self.zero_shot = self.evaluate()
+        self.val_seconds = time.perf_counter() - t
+        total = self.tp.epochs * self.steps_per_epoch
+        if self.tp.max_steps is not None:
+            total = min(total, self.tp.max_steps)
+        if self.tp.max_minutes is not None:
+            step_s = self._probe_step_seconds()
+            budget = self.tp.max_minutes * 60 * 0.95 - self.elapsed()  # 5% kept for saving and stragglers
+            total = min(total, _plan_steps(budget, self.steps_per_epoch, self.tp.epochs, step_s, self.val_seconds))
+        if self.dist:
+            total = self.dist.broadcast(total)
+        self.planned_steps = max(1, total)
+        self._make_scheduler()
+
+    def _out_of_time(self) -> bool:
+        if self.tp.max_minutes is None:
+            return False
+        late = self.elapsed() + self.val_seconds > self.tp.max_minutes * 60
+        return self.dist.any(late) if self.dist else late
+
+    def _end_epoch(self, partial: bool) -> None:
+        t = time.perf_counter()
+        metrics = self.evaluate() if self.is_main else {}
+        self.val_seconds = time.perf_counter() - t
+        stats = self.epoch_stats
+        entry = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": stats["loss_sum"] / max(1, stats["loss_n"]),
+            **metrics,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "pairs_per_s": stats["pairs"] / stats["seconds"] if stats["seconds"] > 0 else None,
+            "wall_s": self.elapsed(),
+            "partial_epoch": partial,
+        }
+        self.history.append(entry)
+        acc = metrics.get("val_i2t_acc", float("nan"))
+        if self.is_main and (self.best["epoch"] is None or (not math.isnan(acc) and acc > self.best["val_i2t_acc"])):
+            self.best = {"epoch": self.epoch + 1, "step": self.step, "val_i2t_acc": acc if not math.isnan(acc) else -1.0}
+            self._save_best()
+        if self.dist:
+            self.dist.barrier()
+        self.epoch_stats = {"loss_sum": 0.0, "loss_n": 0, "pairs": 0, "seconds": 0.0, "skipped": 0}
+
+    def train(self, stop_after_steps: int | None = None) -> None:
+        """Run epochs from the current position until the planned steps are done or time runs out."""
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        sampler = self.train_loader.batch_sampler
+        n_batches = sampler.batches_per_epoch()
+        while self.epoch < self.tp.epochs and self.step < self.planned_steps:
+            sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, disable=not (self.progress and self.is_main),
+                       desc=f"epoch {self.epoch + 1}/{self.tp.epochs}", unit="batch", dynamic_ncols=True)
+            stats, tick, out_of_time = self.epoch_stats, time.perf_counter(), False
+            for batch in self.train_loader:
+                self.batch_in_epoch += 1
+                stats["skipped"] += batch["n_skipped"]
+                self.skipped_train += batch["n_skipped"]
+                if batch["n"] > 1:
+                    loss = self._forward_loss(batch)
+                    self.scaler.scale(loss / self.accum).backward()
+                    stats["loss_sum"] += float(loss.item())
+                    stats["loss_n"] += 1
+                    stats["pairs"] += batch["n"] * (self.dist.world if self.dist else 1)
+                at_step = self.batch_in_epoch % self.accum == 0
+                if at_step:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    with torch.no_grad():  # keep the parameter where the loss's clamp acts (as open_clip does)
+                        self.core.logit_scale.clamp_(0, LOG_SCALE_MAX)
+                    self.step += 1
+                now = time.perf_counter()
+                stats["seconds"] += now - tick
+                tick = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss_sum'] / max(1, stats['loss_n']):.3f}",
+                                pairs_s=f"{stats['pairs'] / max(stats['seconds'], 1e-9):.0f}")
+                if not at_step:
+                    continue
+                if self.step % self.tp.checkpoint_every_steps == 0:
+                    self.checkpoint()
+                if stop_after_steps is not None and self.step >= stop_after_steps:
+                    bar.close()
+                    raise TrainingInterrupted(f"stopped after step {self.step} (test hook)")
+                out_of_time = self._out_of_time()
+                if self.step >= self.planned_steps or out_of_time:
+                    break
+            bar.close()
+            partial = self.batch_in_epoch < n_batches
+            self._end_epoch(partial)
+            if partial:
+                self.batch_in_epoch = n_batches  # stopped mid-epoch: a resumed finished run does not replay it
+            else:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.checkpoint()
+            if out_of_time:
+                self.stopped_early = "max_minutes"
+                break
+        if self.stopped_early is None and self.step < self.tp.epochs * self.steps_per_epoch:
+            limited_by_steps = self.tp.max_steps is not None and self.step >= self.tp.max_steps
+            self.stopped_early = "max_steps" if limited_by_steps else "max_minutes"
+
+    def summary(self) -> dict[str, Any]:
+        from medxpert_utils.clip import is_untrained_base
+
+        n_groups = len(np.unique(self.val_loader.dataset.groups)) if self.val_loader is not None else 0
+        best = next((h for h in self.history if h["step"] == self.best.get("step")), None)
+        return {
+            "history": self.history,
+            "zero_shot": self.zero_shot,
+            "zero_shot_untrained": is_untrained_base(self.cfg),
+            "best_epoch": self.best["epoch"],
+            "best_step": self.best.get("step"),
+            "best_val_i2t_acc": self.best["val_i2t_acc"] if self.best["val_i2t_acc"] >= 0 else None,
+            "best": best,
+            "params": self.counts,
+            "device": str(self.device),
+            "processes": self.dist.world if self.dist else 1,
+            "mixed_precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "no",
+            "stopped_early": self.stopped_early,
+            "steps": self.step,
+            "planned_steps": self.planned_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "batch_size": self.tp.batch_size,
+            "grad_accum_steps": self.accum,
+            "loss": self.tp.loss,
+            "base_model": self.cfg.clip.model,
+            "n_train": len(self.train_df),
+            "n_val": len(self.val_df),
+            "val_chance_i2t": 1.0 / n_groups if n_groups else None,
+            "val_chance_i2t_r10": min(1.0, 10.0 / n_groups) if n_groups else None,
+            "skipped_images": {"train_samples": self.skipped_train, "val": self.skipped_val},
+            "wall_s": self.elapsed(),
+            "model_dir": str(self.outputs.model_dir),
+        }
+
+
+def _write_results(trainer: _Trainer) -> dict[str, Any]:
+    result = trainer.summary()
+    if trainer.is_main:
+        io.write_json(trainer.outputs.metrics, result)
+        if trainer.outputs.figure is not None:
+            import matplotlib.pyplot as plt
+
+            from medxpert_utils.plots import training_curves
+
+            plt.close(training_curves(result, trainer.outputs.figure))
+    return result
+
+
+def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = None,
+        stop_after_steps: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fine-tune the run's base CLIP contrastively; return (and write) the ``metrics/train.json`` payload.
+
+    Writes the best model to ``models/clip/`` (``save_pretrained``), the metrics and the curves.
+    Resumes from ``checkpoints/last.pt`` when ``train.resume`` and the checkpoint matches these
+    params; a finished checkpoint returns its recorded result without training. ``outputs``
+    redirects every write (used by :func:`compare_losses`); ``stop_after_steps`` is a test hook
+    that raises :class:`TrainingInterrupted` after that optimiser step.
+    """
+    from medxpert_utils import runtime
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    outputs = outputs or TrainOutputs.of_run(cfg)
+    runtime.seed_everything(cfg.seed)
+    single_cpu = int(os.environ.get("WORLD_SIZE", "1")) <= 1 and runtime.get_device(cfg.device).type == "cpu"
+    with _deterministic(single_cpu):
+        trainer = _Trainer(cfg, outputs, progress, log)
+        state = _load_checkpoint(outputs.checkpoints, trainer.key, log) if cfg.train.resume else None
+        if state is not None and state.get("finished") and (outputs.model_dir / "config.json").is_file():
+            trainer.load_state(state)
+            log(f"training already finished at step {trainer.step} (checkpoint {outputs.checkpoints / CHECKPOINT_NAME}); "
+                "set train.resume=false or delete the checkpoint to train again")
+            return _write_results(trainer)
+        if state is not None and not state.get("finished"):
+            trainer.load_state(state)
+            log(f"resuming from step {trainer.step} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch})")
+        else:
+            runtime.seed_everything(cfg.seed)
+            trainer.plan()
+        trainer.train(stop_after_steps=stop_after_steps)
+        trainer.checkpoint(finished=True)
+        return _write_results(trainer)
+
+
+def accuracy_table(result: dict[str, Any], untrained_base: bool | None = None) -> "pd.DataFrame":
+    """Validation top-1 accuracies of the base model before training next to the fine-tuned best checkpoint."""
+    import pandas as pd
+
+    untrained = result.get("zero_shot_untrained") if untrained_base is None else untrained_base
+    best = result.get("best") or {}
+    columns = {"val_i2t_acc": "image→text top-1", "val_t2i_acc": "text→image top-1",
+               "val_i2t_r10": "image→text R@10", "val_t2i_r10": "text→image R@10"}
+    before = "untrained (random init)" if untrained else f"zero-shot ({result.get('base_model')})"
+    after = f"fine-tuned (best: epoch {result.get('best_epoch')}, step {best.get('step')})"
+    chance = {"val_i2t_acc": result.get("val_chance_i2t"), "val_i2t_r10": result.get("val_chance_i2t_r10")}
+    rows = {before: result["zero_shot"], after: best, "chance (random ranking)": chance}
+    return pd.DataFrame([{label: metrics.get(key) for key, label in columns.items()} for metrics in rows.values()],
+                        index=pd.Index(list(rows), name="model"))
+
+
+def derived_config(cfg: "Config", overrides: dict[str, Any]) -> "Config":
+    """The same run's Config with dotted ``overrides`` applied (validated like params files)."""
+    from medxpert_utils.config import Config, apply_overrides, parse_params
+
+    params = parse_params(apply_overrides(cfg.to_dict(), overrides), source="overrides")
+    return Config(params, cfg.run_dir, cfg.params_path, {**cfg.overrides, **overrides})
+
+
+def compare_losses(cfg: "Config", minutes: float, progress: bool = True) -> "pd.DataFrame":
+    """Train InfoNCE and the label-aware loss from the same base with the same budget; compare on val.
+
+    The first loss trains for ``minutes`` (its schedule planned for that budget); the second
+    gets exactly as many optimiser steps. Outputs go to ``<run>/compare_losses/<loss>/`` (so the
+    run's main model is untouched) and the table to ``metrics/compare_losses.json``.
+    """
+    import pandas as pd
+
+    rows, steps = [], None
+    for loss in ("infonce", "label_aware"):
+        overrides: dict[str, Any] = {"train.loss": loss}
+        if steps is None:
+            overrides["train.max_minutes"] = float(minutes)
+        else:
+            overrides.update({"train.max_minutes": None, "train.max_steps": steps})
+        sub = derived_config(cfg, overrides)
+        result = fit(sub, progress=progress, outputs=TrainOutputs.under(cfg.run_dir / "compare_losses" / loss))
+        steps = steps or result["steps"]
+        best = result["best"] or {}
+        rows.append({"loss": loss, "steps": result["steps"], "val_i2t_acc": best.get("val_i2t_acc"),
+                     "val_t2i_acc": best.get("val_t2i_acc"), "val_i2t_r10": best.get("val_i2t_r10"),
+                     "val_t2i_r10": best.get("val_t2i_r10"), "train_s": round(result["wall_s"], 1)})
+    table = pd.DataFrame(rows)
+    io.write_json(cfg.paths.metrics / "compare_losses.json",
+                  {"minutes": minutes, "label_aware": cfg.train.label_aware.model_dump(mode="json"), "rows": rows})
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medxpert_utils.train --params P --run R [--set k=v]`` (also under ``accelerate launch``)."""
+    from medxpert_utils import config, runs
+    from medxpert_utils.cli import _overrides
+
+    parser = argparse.ArgumentParser(prog="python -m medxpert_utils.train", description="Contrastive CLIP fine-tuning "
+                                     "(notebook 01 in batch); under `accelerate launch -m` it runs on every process.")
+    parser.add_argument("--params", default="params/demo.yaml", help="params YAML or profile name")
+    parser.add_argument("--run", help="run name under outputs/ or a path (default: the profile's name)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param, e.g. --set train.epochs=1")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.params, args.run or None, _overrides(args.set))
+        if int(os.environ.get("RANK", "0")) == 0:
+            runs.prepare(cfg)
+        result = fit(cfg, progress=not args.no_progress)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"medxpert train: error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result["history"][-1] if result["history"] else {}
+        print(f"trained {result['steps']} steps; best epoch {result['best_epoch']}: val i2t top-1 "
+              f"{result['best_val_i2t_acc']}, last val t2i top-1 {last.get('val_t2i_acc')}; model in {result['model_dir']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

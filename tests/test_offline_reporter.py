@@ -1,0 +1,219 @@
+"""The offline retrieval reporter on hand-made retrieval results."""
+
+import random
+
+import numpy as np
+
+import pytest
+
+from medxpert_utils import DISCLAIMER
+from medxpert_utils.report.context import ReportContext, RetrievedCase
+from medxpert_utils.report.offline import (NORMAL_SUGGESTION, UNCERTAIN_SUGGESTION, RetrievalReporter, case_weights,
+                                           overall_severity, question_observations)
+from medxpert_utils.report.schema import Finding
+
+
+def hit(rank, score, sid, report, **labels):
+    return {"rank": rank, "score": score, "study_id": sid, "report": report, "image_path": f"/x/{sid}.png",
+            "labels": {k.replace("_", " "): v for k, v in labels.items()}}
+
+
+PNEUMOTHORAX = [
+    hit(1, 0.9, "s1", "Large right pneumothorax. Small left pleural effusion.", Pneumothorax=1, Pleural_Effusion=1),
+    hit(2, 0.8, "s2", "Right pneumothorax, large.", Pneumothorax=1, Pleural_Effusion=0),
+    hit(3, 0.1, "s3", "No acute cardiopulmonary process.", No_Finding=1, Pneumothorax=0),
+]
+
+
+def by_name(report):
+    return {f.name: f for f in report.findings}
+
+
+def test_weighted_vote_reports_present_findings_with_evidence_and_phrases():
+    report = RetrievalReporter(0.3).report(ReportContext.build(PNEUMOTHORAX))
+    found = by_name(report)
+    ptx = found["Pneumothorax"]
+    assert ptx.status == "present" and ptx.evidence == ["s1", "s2"]
+    assert ptx.confidence == pytest.approx((0.9 + 0.8) / 1.8, abs=1e-3)
+    assert ptx.location == "right" and ptx.severity == "large"
+    eff = found["Pleural Effusion"]
+    assert eff.status == "present" and eff.evidence == ["s1"] and eff.location == "left" and eff.severity == "small"
+    assert eff.confidence == pytest.approx(0.5, abs=1e-3)
+    assert "No Finding" not in found  # cannot stand beside a pathology
+    assert report.overall_severity == "critical"
+    assert report.suggestions[0].startswith("Urgent clinical review")
+    assert [c.code for c in report.icd10] == ["J93.9", "J90"]
+    assert report.supporting_study_ids == ["s1", "s2", "s3"]
+    assert report.generator == "offline-retrieval" and report.disclaimer == DISCLAIMER
+
+
+def test_threshold_decides_what_is_reported():
+    strict = by_name(RetrievalReporter(0.6).report(ReportContext.build(PNEUMOTHORAX)))
+    assert strict["Pneumothorax"].status == "present"
+    assert "Pleural Effusion" not in strict or strict["Pleural Effusion"].status != "present"
+
+
+def test_uncertain_labels_count_half_and_give_uncertain_findings():
+    hits = [hit(1, 0.5, "a", "Possible pneumonia.", Pneumonia=-1), hit(2, 0.5, "b", "Possible pneumonia.", Pneumonia=-1)]
+    found = by_name(RetrievalReporter(0.3).report(ReportContext.build(hits)))
+    assert found["Pneumonia"].status == "uncertain"
+    assert found["Pneumonia"].confidence == pytest.approx(0.5)
+    assert not by_name(RetrievalReporter(0.6).report(ReportContext.build(hits))).get("Pneumonia")
+    report = RetrievalReporter(0.3).report(ReportContext.build(hits))
+    assert report.overall_severity == "mild" and UNCERTAIN_SUGGESTION in report.suggestions
+
+
+def test_negated_findings_are_reported_absent():
+    hits = [hit(1, 0.7, "a", "No pneumothorax.", Pneumothorax=0, No_Finding=1),
+            hit(2, 0.6, "b", "No pneumothorax.", Pneumothorax=0, No_Finding=1)]
+    report = RetrievalReporter(0.3).report(ReportContext.build(hits))
+    found = by_name(report)
+    assert found["Pneumothorax"].status == "absent" and found["No Finding"].status == "present"
+    assert report.overall_severity == "normal" and report.suggestions == [NORMAL_SUGGESTION]
+    assert report.icd10 == []
+
+
+def test_rule_table_suggestions():
+    hits = [hit(1, 0.9, "a", "Right upper lobe nodule. Pacemaker in place.", Lung_Lesion=1, Support_Devices=1)]
+    report = RetrievalReporter(0.3).report(ReportContext.build(hits))
+    text = " ".join(report.suggestions)
+    assert "chest CT to characterise the lesion" in text and "position of the support devices" in text
+    assert {c.code for c in report.icd10} == {"R91.1", "Z95.0"}
+    assert report.overall_severity == "moderate"
+
+
+def test_deterministic_whatever_the_hit_order():
+    reporter = RetrievalReporter(0.3)
+    first = reporter.report(ReportContext.build(PNEUMOTHORAX, question="signs of pneumonia?")).model_dump_json()
+    shuffled = PNEUMOTHORAX[:]
+    random.Random(1).shuffle(shuffled)
+    assert reporter.report(ReportContext.build(shuffled, question="signs of pneumonia?")).model_dump_json() == first
+
+
+def test_answers_the_question_with_evidence():
+    reporter = RetrievalReporter(0.3)
+    no = reporter.report(ReportContext.build(PNEUMOTHORAX, question="signs of pneumonia?"))
+    assert no.question == "signs of pneumonia?" and no.answer.startswith("No")
+    assert "Pneumonia" in no.answer and "Consolidation" in no.answer
+    yes = reporter.report(ReportContext.build(PNEUMOTHORAX, question="Is there a pneumothorax?"))
+    assert yes.answer.startswith("Yes") and "s1, s2" in yes.answer
+    other = reporter.report(ReportContext.build(PNEUMOTHORAX, question="what time is it?"))
+    assert "names no CheXpert observation" in other.answer
+    assert question_observations("any pleural effusion or fluid?")[0] == "Pleural Effusion"
+
+
+def test_leave_one_out_dedup_and_k():
+    hits = PNEUMOTHORAX + [hit(4, 0.05, "s1", "dup of s1 (second image)", Pneumothorax=1)]
+    context = ReportContext.build(hits, exclude_study_ids=["s2"], k=2, query_study_id="s2")
+    assert context.study_ids == ["s1", "s3"] and [c.rank for c in context.cases] == [1, 2]
+    report = RetrievalReporter(0.3).report(context)
+    assert "s2" not in report.supporting_study_ids and report.query_study_id == "s2"
+
+
+def test_weights_are_normalised_and_survive_non_positive_scores():
+    cases = [RetrievedCase(1, -0.2, "a", ""), RetrievedCase(2, -0.5, "b", "")]
+    assert case_weights(cases) == [0.5, 0.5]
+    assert sum(case_weights([RetrievedCase(1, 0.3, "a", ""), RetrievedCase(2, 0.1, "b", "")])) == pytest.approx(1)
+    assert case_weights([]) == []
+
+
+def test_no_cases_gives_an_empty_but_valid_report():
+    report = RetrievalReporter().report(ReportContext.build([]))
+    assert report.findings == [] and "No similar cases" in report.impression and report.disclaimer == DISCLAIMER
+
+
+def test_missing_labels_are_tolerated():
+    import pandas as pd
+
+    case = RetrievedCase.from_hit(hit(1, 0.4, "a", "x", Edema=pd.NA, Cardiomegaly=float("nan"), Atelectasis=1))
+    assert case.label("Edema") is None and case.label("Cardiomegaly") is None and case.label("Atelectasis") == 1
+
+
+@pytest.mark.parametrize("findings, expected", [
+    ([], "normal"),
+    ([Finding(name="Support Devices", status="present")], "normal"),
+    ([Finding(name="Cardiomegaly", status="present")], "mild"),
+    ([Finding(name="Pleural Effusion", status="present", severity="small")], "moderate"),
+    ([Finding(name="Cardiomegaly", status="present"), Finding(name="Atelectasis", status="present")], "moderate"),
+    ([Finding(name="Pleural Effusion", status="present", severity="large")], "severe"),
+    ([Finding(name="Pneumothorax", status="present", severity="small")], "severe"),
+    ([Finding(name="Pneumothorax", status="present", severity="tension")], "critical"),
+])
+def test_overall_severity_rules(findings, expected):
+    assert overall_severity(findings) == expected
+
+
+# --- notebook 05's batch, on a hand-made run with a stand-in search engine ------------------------
+
+@pytest.fixture
+def report_run(tmp_path, monkeypatch):
+    import pandas as pd
+    from PIL import Image
+
+    from medxpert_utils import config, io, runs
+    from medxpert_utils.data import manifest
+    from medxpert_utils.data.labels import CHEXPERT_LABELS
+    from medxpert_utils.report import generate
+
+    cfg = runs.prepare(config.load("params/smoke.yaml", run=str(tmp_path / "outputs" / "rep"),
+                                   overrides={"report.n_cases": 3, "report.top_k": 2}))
+    rows = []
+    for i, (split, finding) in enumerate([("train", "Pleural Effusion"), ("train", "Pleural Effusion"),
+                                          ("test", "Pleural Effusion"), ("test", "Cardiomegaly"), ("test", None)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("L", (32, 32), 40 * i).save(path)
+        labels = dict.fromkeys(CHEXPERT_LABELS)
+        labels[finding or "No Finding"] = 1
+        rows.append({"study_id": f"s{i}", "patient_id": f"p{i}", "image_path": str(path), "findings": "",
+                     "impression": "x", "report": "Small right pleural effusion." if finding == "Pleural Effusion"
+                     else "Normal.", "split": split, **labels})
+    rows[-1]["image_path"] = str(tmp_path / "missing.png")  # unreadable: skipped and counted
+    io.write_parquet(cfg.paths.manifest, manifest.validate(pd.DataFrame(rows)))
+
+    class Engine:
+        def search_image(self, image, k=5):  # the query itself comes first: leave-one-out must drop it
+            mean = float(np.asarray(image).mean())
+            query = f"s{round(mean / 40)}"
+            ids = [query, "s0", "s1", "s3"][:k]
+            return [hit(r + 1, 0.9 - 0.1 * r, sid, rows[int(sid[1:])]["report"],
+                        **{k.replace(" ", "_"): v for k, v in rows[int(sid[1:])].items() if k in CHEXPERT_LABELS})
+                    for r, sid in enumerate(ids)]
+
+    monkeypatch.setattr(generate, "search_engine", lambda run_dir, model="fine_tuned": Engine())
+    return cfg
+
+
+def test_batch_reports_leave_the_query_out_and_are_scored(report_run):
+    import json
+
+    from medxpert_utils.report import generate, read_reports
+
+    batch = generate.generate_reports(report_run, progress=False)
+    assert [r.query_study_id for r in batch.reports] == ["s2", "s3"]
+    for report in batch.reports:
+        assert report.query_study_id not in report.supporting_study_ids
+        assert len(report.supporting_study_ids) == 2
+    assert read_reports(report_run) == batch.reports
+    assert sorted(p.name for p in report_run.paths.reports.glob("*.html")) == ["s2.html", "s3.html"]
+    saved = json.loads((report_run.paths.metrics / "reports.json").read_text())
+    assert saved["n_cases"] == 2 and saved["n_skipped"] == 1 and saved["generators"] == {"offline-retrieval": 2}
+    assert saved["fallbacks"] == 0 and "truth" not in saved
+    # s2 (effusion) gets effusion from s0/s1: tp; s3 (cardiomegaly) gets effusion too: fp + fn -> 2/(2+1+1)
+    assert saved["label_f1_micro"] == pytest.approx(0.5)
+    table = batch.table()
+    assert list(table["truth"]) == ["Pleural Effusion", "Cardiomegaly"]
+
+
+def test_score_reports_counts_generators_and_fallbacks():
+    from medxpert_utils.report.generate import score_reports
+    from medxpert_utils.report.schema import DiagnosisReport
+
+    reports = [DiagnosisReport(generator="gemini:m", query_study_id="a",
+                               findings=[Finding(name="Edema", status="present")]),
+               DiagnosisReport(generator="offline-retrieval (fallback: timeout after 60s)", query_study_id="b"),
+               DiagnosisReport(generator="offline-retrieval (fallback: timeout after 60s)", query_study_id="c",
+                               findings=[Finding(name="Edema", status="uncertain")])]
+    result = score_reports(reports, {"a": ["Edema"], "b": [], "c": ["Edema"]})
+    assert result["generators"] == {"gemini:m": 1, "offline-retrieval (fallback)": 2}
+    assert result["fallbacks"] == 2 and result["fallback_reasons"] == {"timeout after 60s": 2}
+    assert result["label_f1_micro"] == pytest.approx(2 / 3)  # uncertain is not present: c is a miss
