@@ -169,13 +169,16 @@ def per_label_recall(result: dict, metric: str = "R@10", path: str | Path | None
         part = data[data["direction"] == direction] if len(data) else data
         if len(part):
             sns.barplot(data=part, y="label", x="value", hue="model", ax=ax, orient="h")
-            ax.legend(fontsize=7, loc="lower right")
+            handles, names = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
         ax.set_xlabel(f"{metric.replace('R@', 'Recall@').replace('P@', 'Precision@')} (%)")
         ax.set_ylabel("")
         ax.set_xlim(0, 100)
         ax.set_title(f"{title}: by positive label of the query", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    if len(data):  # one legend below both panels, clear of the bars
+        fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(names), fontsize=8)
     return save(fig, path)
 
 
