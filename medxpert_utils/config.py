@@ -156,7 +156,7 @@ class EvalParams(_Section):
 
 class TinyBlipParams(_Section):
     image_size: int = Field(64, ge=16, description="Input image side of the tiny BLIP.")
-    patch_size: int = Field(8, ge=2, description="ViT patch size.")
+    patch_size: int = Field(16, ge=2, description="ViT patch size (16: at 64 px a tiny BLIP with patch 8 learned to ignore the image).")
     hidden_size: int = Field(128, ge=16, description="Width of both towers.")
     vision_layers: int = Field(3, ge=1, description="Vision transformer blocks.")
     text_layers: int = Field(2, ge=1, description="Text decoder blocks.")

@@ -217,3 +217,20 @@ def test_score_reports_counts_generators_and_fallbacks():
     assert result["generators"] == {"gemini:m": 1, "offline-retrieval (fallback)": 2}
     assert result["fallbacks"] == 2 and result["fallback_reasons"] == {"timeout after 60s": 2}
     assert result["label_f1_micro"] == pytest.approx(2 / 3)  # uncertain is not present: c is a miss
+
+
+def test_the_caption_votes_like_one_more_case_by_default():
+    hits = [hit(1, 0.5, "a", "Small right pleural effusion.", Pleural_Effusion=1),
+            hit(2, 0.5, "b", "No acute process.", No_Finding=1),
+            hit(3, 0.5, "c", "No acute process.", No_Finding=1),
+            hit(4, 0.5, "d", "No acute process.", No_Finding=1)]
+    without = by_name(RetrievalReporter(0.3).report(ReportContext.build(hits)))
+    assert "Pleural Effusion" not in without  # 1 of 4 cases: 0.25 < 0.3
+    context = ReportContext.build(hits, caption="Small right pleural effusion.")
+    found = by_name(RetrievalReporter(0.3).report(context))
+    assert found["Pleural Effusion"].status == "present" and found["Pleural Effusion"].evidence == ["a"]
+    assert found["Pleural Effusion"].confidence == pytest.approx(0.25 * 0.8 + 0.2)  # caption: 1 / (4 + 1)
+    alone = ReportContext.build(hits[1:], caption="Small right pleural effusion.")
+    assert "Pleural Effusion" not in by_name(RetrievalReporter(0.3).report(alone))  # one voter of four cannot
+    assert by_name(RetrievalReporter(0.3, caption_weight=0.5).report(alone))["Pleural Effusion"].evidence == []
+    assert "Pleural Effusion" not in by_name(RetrievalReporter(0.3, caption_weight=0.0).report(context))

@@ -122,5 +122,6 @@ def examples_html(frame: "pd.DataFrame", n: int = 6, side: int = 96) -> str:
                         for m in models)
         rows.append(f"<tr><td>{img}<br><small>{html.escape(str(first.study_id))}</small></td>"
                     f"<td>{html.escape(str(first.reference))}</td>{cells}</tr>")
-    style = "border-collapse:collapse"
-    return (f"<table style='{style}'><tr><th>image</th><th>reference report</th>{head}</tr>{''.join(rows)}</table>")
+    css = ("<style>.mx-captions{border-collapse:collapse}.mx-captions td,.mx-captions th{border:1px solid #ccc;"
+           "padding:4px 6px;text-align:left;vertical-align:top;max-width:320px}</style>")
+    return f"{css}<table class='mx-captions'><tr><th>image</th><th>reference report</th>{head}</tr>{''.join(rows)}</table>"

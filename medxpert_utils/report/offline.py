@@ -2,7 +2,10 @@
 
 Used without an API key and as the fallback when Gemini fails. For each CheXpert observation the
 top-K cases vote with weight ``max(score, 0)`` normalised to sum to 1 (equal weights when every
-score is <= 0): a positive label counts 1, an uncertain one 0.5. The observation is reported
+score is <= 0): a positive label counts 1, an uncertain one 0.5. When the query has a caption, the
+labeler's reading of it votes too, by default with the weight of one average case (1 / (K + 1), the
+cases sharing the rest), so it can tip a finding the evidence half supports but not make one alone.
+The observation is reported
 
 - ``present`` when the positive-only vote reaches ``report.min_confidence``;
 - ``uncertain`` when only the vote including uncertain labels reaches it;
@@ -88,21 +91,36 @@ class RetrievalReporter:
 
     name = GENERATOR
 
-    def __init__(self, min_confidence: float = 0.3):
+    def __init__(self, min_confidence: float = 0.3, caption_weight: float | None = None):
+        """``caption_weight``: share of the vote the caption's own labels get when the query has a caption
+        (None: as much as one retrieved case of average weight, 1 / (K + 1); 0: captions are ignored)."""
         self.min_confidence = float(min_confidence)
+        self.caption_weight = caption_weight
 
     @classmethod
     def from_config(cls, cfg) -> "RetrievalReporter":
-        return cls(min_confidence=cfg.report.min_confidence)
+        return cls(min_confidence=cfg.report.min_confidence, caption_weight=getattr(cfg.report, "caption_weight", None))
 
-    def votes(self, cases: list[RetrievedCase]) -> dict[str, dict[str, float]]:
-        """Per observation: ``positive`` (label 1), ``combined`` (1, and -1 as half) and ``negative`` (label 0) votes."""
-        weights = case_weights(cases)
+    def caption_share(self, n_cases: int, caption: str | None) -> float:
+        if not caption or not caption.strip():
+            return 0.0
+        if self.caption_weight is None:
+            return 1.0 / (n_cases + 1)
+        return min(max(float(self.caption_weight), 0.0), 1.0) if n_cases else 1.0
+
+    def votes(self, cases: list[RetrievedCase], caption: str | None = None) -> dict[str, dict[str, float]]:
+        """Per observation: ``positive`` (label 1), ``combined`` (1, and -1 as half) and ``negative`` (label 0)
+        votes of the cases, and of the caption (its labeler output) with :meth:`caption_share` of the weight."""
+        from medxpert_utils.data.labels import label_report
+
+        share = self.caption_share(len(cases), caption)
+        weights = [w * (1.0 - share) for w in case_weights(cases)]
+        said = label_report(caption) if share else {}
         out: dict[str, dict[str, float]] = {}
         for name in OBSERVATIONS:
-            pos = sum(w for c, w in zip(cases, weights) if c.label(name) == 1)
-            unc = sum(w for c, w in zip(cases, weights) if c.label(name) == -1)
-            neg = sum(w for c, w in zip(cases, weights) if c.label(name) == 0)
+            pos = sum(w for c, w in zip(cases, weights) if c.label(name) == 1) + share * (said.get(name) == 1)
+            unc = sum(w for c, w in zip(cases, weights) if c.label(name) == -1) + share * (said.get(name) == -1)
+            neg = sum(w for c, w in zip(cases, weights) if c.label(name) == 0) + share * (said.get(name) == 0)
             out[name] = {"positive": pos, "combined": pos + 0.5 * unc, "negative": neg}
         return out
 
@@ -110,7 +128,7 @@ class RetrievalReporter:
         """Fill the report schema from the context's cases (and answer its question)."""
         cases = context.cases
         weights = dict(zip((c.study_id for c in cases), case_weights(cases)))
-        votes = self.votes(cases)
+        votes = self.votes(cases, context.caption)
         findings: list[Finding] = []
         sentences: dict[str, str] = {}
         for name in OBSERVATIONS:
