@@ -1,9 +1,10 @@
 """Contrastive fine-tuning of CLIP on image-report pairs (notebook 01 and ``python -m medxpert_utils.train``).
 
 The recipe comes from ``params.train``: AdamW (no weight decay on biases, norms and the logit
-scale), linear warm-up then cosine / linear / constant decay (``transformers.get_scheduler``),
-gradient accumulation, optional freezing of early vision blocks, plain InfoNCE or the
-label-aware loss, and autocast (bf16, or fp16 with a GradScaler) on GPU. Each epoch ends with a
+scale; eps 1e-6), linear warm-up then cosine / linear / constant decay (:class:`LRSchedule`, the
+formulas of ``transformers.get_scheduler``), gradient accumulation, optional freezing of early
+vision blocks, plain InfoNCE or the label-aware loss (:mod:`medxpert_utils.contrastive`), and
+autocast (bf16, or fp16 with a GradScaler) on GPU. Each epoch ends with a
 validation pass; the checkpoint with the best validation image->text top-1 accuracy is saved
 with ``save_pretrained`` into ``models/clip/``. Metrics go to ``metrics/train.json``, the curves
 to ``figures/training_curves.png``.
@@ -21,15 +22,19 @@ with other params is ignored (a note is printed) and training starts over.
 Time budgets. With ``max_minutes`` the number of optimiser steps is planned before training:
 the zero-shot validation pass is timed and a few forward/backward passes on the first training
 batches are timed (no weights change), then the steps that fit the budget -- validation passes
-included -- set the LR schedule's length, so cosine decay completes within the budget. Training
-also stops when the clock runs out. Such runs depend on machine speed; deterministic tests use
-``max_steps``.
+included -- set the LR schedule's length, so cosine decay completes within the budget. While
+training, the length is re-planned from the measured pace whenever it is off by more than 10%
+(a shared machine speeds up and slows down), and training stops when the clock runs out. Such
+runs depend on machine speed; deterministic tests use ``max_steps``.
 
 Devices. One code path: a plain PyTorch loop on ``runtime.get_device`` (never ``.cuda()``). Under
-``accelerate launch`` with several processes an :class:`accelerate.Accelerator` wraps the model in
-DDP, each process reads its slice of every global batch (``batch_size`` pairs per process) and
-the embeddings are all-gathered with gradients, so the loss sees every pair of the global batch
-as a negative. The main process validates, writes checkpoints and metrics.
+``accelerate launch --multi_gpu --num_processes N -m medxpert_utils.train ...`` (or ``torchrun
+--nproc-per-node N -m medxpert_utils.train -- ...``, which also runs on CPU with gloo) an
+:class:`accelerate.Accelerator` wraps the model in DDP, each process reads its slice of every
+global batch (``train.batch_size`` pairs per process) and the embeddings are all-gathered with
+gradients, so the loss sees every pair of the global batch as a negative and the gradient equals
+a single process's on the global batch. The main process validates and writes checkpoints and
+metrics; a checkpoint resumes only with the same number of processes (it is part of its key).
 """
 
 from __future__ import annotations
@@ -89,6 +94,26 @@ class TrainOutputs:
         return cls(folder / "clip", folder / "checkpoints", folder / "train.json", folder / "training_curves.png")
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient for the local slice (as in SimCLR/open_clip)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import torch.distributed as dist
+
+        parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        stacked = torch.stack(grads)
+        dist.all_reduce(stacked)
+        return stacked[dist.get_rank()]
+
+
 class _Dist:
     """Several processes under ``accelerate launch``: the Accelerator, rank and gather helpers."""
 
@@ -105,13 +130,19 @@ class _Dist:
 
         return cls(Accelerator(cpu=device_pref == "cpu"))
 
-    def gather_with_grad(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed.nn.functional as dist_fn
-
-        return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
-
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        return self.acc.gather(x.contiguous())
+        """Concatenate every process's ``x`` along dim 0 (sizes may differ: skipped images); gradients flow
+        back to each process's own rows."""
+        import torch.distributed as dist
+
+        n = torch.tensor([x.shape[0]], device=x.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        dist.all_gather(sizes, n)
+        sizes = [int(size) for size in sizes]
+        if x.shape[0] < max(sizes):
+            x = torch.cat([x, x.new_zeros(max(sizes) - x.shape[0], *x.shape[1:])])
+        parts = _GatherWithGrad.apply(x.contiguous())
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
     def any(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
@@ -158,8 +189,28 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _scheduler_name(name: str, warmup: int) -> str:
-    return {"cosine": "cosine", "linear": "linear"}.get(name, "constant_with_warmup" if warmup else "constant")
+@dataclass
+class LRSchedule:
+    """Learning-rate factor per optimiser step: linear warm-up, then cosine / linear decay or constant.
+
+    The formulas of ``transformers.get_scheduler`` ("cosine", "linear", "constant_with_warmup"),
+    as a callable object so that ``total`` can be re-planned during a time-budgeted run and is
+    saved with the scheduler's state (``LambdaLR`` stores a callable object's attributes).
+    """
+
+    kind: str
+    warmup: int
+    total: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        if self.kind == "constant":
+            return 1.0
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def _val_frame(frame: "pd.DataFrame", max_pairs: int | None, seed: int) -> "pd.DataFrame":
@@ -178,14 +229,14 @@ def _data_fingerprint(frame: "pd.DataFrame") -> str:
     return digest.hexdigest()[:16]
 
 
-def _run_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame") -> dict[str, Any]:
+def _run_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame", processes: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed (settings that do not change results are left out)."""
     train_params = cfg.train.model_dump(mode="json")
     for volatile in ("resume", "checkpoint_every_steps", "num_workers", "compare_losses_minutes"):
         train_params.pop(volatile, None)
     return {"train": train_params, "clip": cfg.clip.model_dump(mode="json"), "seed": cfg.seed,
             "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
-            "train_data": _data_fingerprint(train), "val_data": _data_fingerprint(val)}
+            "train_data": _data_fingerprint(train), "val_data": _data_fingerprint(val), "processes": processes}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -266,7 +317,7 @@ class _Trainer:
         if self.dist:
             self.dist.barrier()
             self.base = clip.prepare_base_model(cfg) if not self.is_main else self.base  # reuses the built folder
-        self.key = _run_key(cfg, self.base, self.train_df, self.val_df)
+        self.key = _run_key(cfg, self.base, self.train_df, self.val_df, self.dist.world if self.dist else 1)
         self.model, self.processor = clip.load_clip(self.base, self.device)
         clip.freeze_vision_layers(self.model, self.tp.freeze_vision_layers)
         self.counts = clip.count_parameters(self.model)
@@ -289,8 +340,10 @@ class _Trainer:
                                        **loader_args) if len(self.val_df) else None)
 
         self.normalise = self.train_loader.dataset.transform.normalise_batch  # uint8 batches -> model input
+        # eps 1e-6 as CLIP and open_clip use for ViTs: with the tiny gradients of a near-collapsed batch,
+        # eps 1e-8 turns noise into full-size Adam steps.
         self.optimizer = torch.optim.AdamW(param_groups(self.model, self.tp.weight_decay), lr=self.tp.lr,
-                                           betas=tuple(self.tp.betas))
+                                           betas=tuple(self.tp.betas), eps=1e-6)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.scheduler = None
         # mutable state (saved in checkpoints)
@@ -306,6 +359,7 @@ class _Trainer:
         self.skipped_train = 0
         self.skipped_val = 0
         self.val_seconds = 0.0
+        self.step_seconds: float | None = None
         self.stopped_early: str | None = None
         self.model.train()
 
@@ -328,9 +382,10 @@ class _Trainer:
         image, text = out.image_embeds.float(), out.text_embeds.float()
         groups, labels = batch["report_group"], batch["labels"]
         if self.dist:
-            image, text = self.dist.gather_with_grad(image), self.dist.gather_with_grad(text)
-            groups = self.dist.gather(groups.to(dev)).cpu()
-            labels = self.dist.gather(labels.to(dev)).cpu()
+            image, text = self.dist.gather(image), self.dist.gather(text)
+            with torch.no_grad():
+                groups = self.dist.gather(groups.to(dev)).cpu()
+                labels = self.dist.gather(labels.to(dev)).cpu()
         return clip_loss(image, text, self.core.logit_scale, self._targets(batch, groups, labels))
 
     @torch.no_grad()
@@ -389,11 +444,30 @@ class _Trainer:
         return per_batch * self.accum * 1.1  # +10%: the optimiser step is not in the probe
 
     def _make_scheduler(self) -> None:
-        from transformers import get_scheduler
+        self.schedule = LRSchedule(self.tp.scheduler, int(round(self.tp.warmup_ratio * self.planned_steps)),
+                                   self.planned_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
 
-        warmup = int(round(self.tp.warmup_ratio * self.planned_steps))
-        self.scheduler = get_scheduler(_scheduler_name(self.tp.scheduler, warmup), self.optimizer,
-                                       num_warmup_steps=warmup, num_training_steps=self.planned_steps)
+    def _replan(self, step_s: float) -> None:
+        """Time budget: fit the schedule's remaining length to the pace measured so far.
+
+        The first plan comes from a short probe; a shared machine can speed up or slow down by
+        several times, and a schedule that is cut by the clock ends with its learning rate still
+        high. Adjusted only when off by more than 10%, never past the step/epoch limits.
+        """
+        remaining = self.tp.max_minutes * 60 * 0.95 - self.elapsed()
+        more = 0
+        for _ in range(3):  # validations depend on the steps, which depend on the time validations take
+            validations = 1 + (self.batch_in_epoch // self.accum + more) // self.steps_per_epoch
+            more = max(0, int((remaining - validations * self.val_seconds) / step_s))
+        limit = self.tp.epochs * self.steps_per_epoch
+        if self.tp.max_steps is not None:
+            limit = min(limit, self.tp.max_steps)
+        total = max(self.step + 1, min(limit, self.step + more))
+        if self.dist:  # every process must stop at the same step
+            total = self.dist.broadcast(total)
+        if abs(total - self.planned_steps) > 0.1 * self.planned_steps:
+            self.planned_steps = self.schedule.total = total
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
         return {
@@ -403,7 +477,7 @@ class _Trainer:
             "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
             "zero_shot": self.zero_shot, "planned_steps": self.planned_steps, "elapsed": self.elapsed(),
             "epoch_stats": self.epoch_stats, "skipped_train": self.skipped_train, "val_seconds": self.val_seconds,
-            "stopped_early": self.stopped_early,
+            "stopped_early": self.stopped_early, "step_seconds": self.step_seconds,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -419,6 +493,7 @@ class _Trainer:
         self.elapsed_before = state["elapsed"]
         self.t0 = time.perf_counter()
         self.stopped_early = state.get("stopped_early")
+        self.step_seconds = state.get("step_seconds")
         _set_rng_state(state["rng"])
 
     def checkpoint(self, finished: bool = False) -> None:
@@ -432,12 +507,12 @@ class _Trainer:
             save_clip(self.core, self.processor, self.outputs.model_dir)
 
     # -- the run ------------------------------------------------------------------------------
-    def plan(self) -> None:
+    def plan(self, evaluate_base: bool = True) -> None:
         """Zero-shot validation, then the schedule's length from epochs, max_steps and max_minutes."""
         t = time.perf_counter()
-        if self.is_main:
+        if self.is_main and evaluate_base:
             self.zero_shot = self.evaluate()
-        self.val_seconds = time.perf_counter() - t
+            self.val_seconds = time.perf_counter() - t
         total = self.tp.epochs * self.steps_per_epoch
         if self.tp.max_steps is not None:
             total = min(total, self.tp.max_steps)
@@ -487,6 +562,7 @@ class _Trainer:
         self.model.train()
         sampler = self.train_loader.batch_sampler
         n_batches = sampler.batches_per_epoch()
+        recent, step_time = None, 0.0  # seconds per optimiser step (moving average), this step so far
         while self.epoch < self.tp.epochs and self.step < self.planned_steps:
             sampler.set_epoch(self.epoch, self.batch_in_epoch)
             bar = tqdm(total=n_batches, initial=self.batch_in_epoch, disable=not (self.progress and self.is_main),
@@ -496,7 +572,10 @@ class _Trainer:
                 self.batch_in_epoch += 1
                 stats["skipped"] += batch["n_skipped"]
                 self.skipped_train += batch["n_skipped"]
-                if batch["n"] > 1:
+                usable = batch["n"] > 1
+                if self.dist:  # every process must take part in the forward/backward, or none
+                    usable = not self.dist.any(not usable)
+                if usable:
                     loss = self._forward_loss(batch)
                     self.scaler.scale(loss / self.accum).backward()
                     stats["loss_sum"] += float(loss.item())
@@ -513,7 +592,13 @@ class _Trainer:
                     self.step += 1
                 now = time.perf_counter()
                 stats["seconds"] += now - tick
+                step_time += now - tick
                 tick = now
+                if at_step:
+                    recent = step_time if recent is None else 0.7 * recent + 0.3 * step_time
+                    self.step_seconds, step_time = recent, 0.0
+                    if self.tp.max_minutes is not None:
+                        self._replan(recent)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss_sum'] / max(1, stats['loss_n']):.3f}",
                                 pairs_s=f"{stats['pairs'] / max(stats['seconds'], 1e-9):.0f}")
@@ -545,7 +630,8 @@ class _Trainer:
     def summary(self) -> dict[str, Any]:
         from medxpert_utils.clip import is_untrained_base
 
-        n_groups = len(np.unique(self.val_loader.dataset.groups)) if self.val_loader is not None else 0
+        groups = self.val_loader.dataset.groups if self.val_loader is not None else np.array([], dtype=np.int64)
+        n_groups = len(np.unique(groups))
         best = next((h for h in self.history if h["step"] == self.best.get("step")), None)
         return {
             "history": self.history,
@@ -571,8 +657,12 @@ class _Trainer:
             "n_val": len(self.val_df),
             "val_chance_i2t": 1.0 / n_groups if n_groups else None,
             "val_chance_i2t_r10": min(1.0, 10.0 / n_groups) if n_groups else None,
+            # image->text top-1 of ranking the most frequent report first for every image
+            "val_majority_i2t": float(np.bincount(groups).max() / len(groups)) if n_groups else None,
             "skipped_images": {"train_samples": self.skipped_train, "val": self.skipped_val},
             "wall_s": self.elapsed(),
+            "step_seconds": self.step_seconds,  # recent seconds per optimiser step, data loading included
+            "val_seconds": self.val_seconds,  # the last validation pass
             "model_dir": str(self.outputs.model_dir),
         }
 
@@ -591,14 +681,16 @@ def _write_results(trainer: _Trainer) -> dict[str, Any]:
 
 
 def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = None,
-        stop_after_steps: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        stop_after_steps: int | None = None, log: Callable[[str], None] | None = None,
+        evaluate_base: bool = True) -> dict[str, Any]:
     """Fine-tune the run's base CLIP contrastively; return (and write) the ``metrics/train.json`` payload.
 
     Writes the best model to ``models/clip/`` (``save_pretrained``), the metrics and the curves.
     Resumes from ``checkpoints/last.pt`` when ``train.resume`` and the checkpoint matches these
     params; a finished checkpoint returns its recorded result without training. ``outputs``
     redirects every write (used by :func:`compare_losses`); ``stop_after_steps`` is a test hook
-    that raises :class:`TrainingInterrupted` after that optimiser step.
+    that raises :class:`TrainingInterrupted` after that optimiser step; ``evaluate_base=False``
+    skips the zero-shot validation (``zero_shot`` stays empty).
     """
     from medxpert_utils import runtime
 
@@ -619,14 +711,18 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
             log(f"resuming from step {trainer.step} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch})")
         else:
             runtime.seed_everything(cfg.seed)
-            trainer.plan()
+            trainer.plan(evaluate_base)
         trainer.train(stop_after_steps=stop_after_steps)
         trainer.checkpoint(finished=True)
         return _write_results(trainer)
 
 
 def accuracy_table(result: dict[str, Any], untrained_base: bool | None = None) -> "pd.DataFrame":
-    """Validation top-1 accuracies of the base model before training next to the fine-tuned best checkpoint."""
+    """Validation retrieval of the base model before training next to the fine-tuned best checkpoint.
+
+    Two reference rows: a random ranking, and ranking the most frequent report first for every
+    image -- a collapsed model scores that image->text top-1 without having learnt anything.
+    """
     import pandas as pd
 
     untrained = result.get("zero_shot_untrained") if untrained_base is None else untrained_base
@@ -636,7 +732,9 @@ def accuracy_table(result: dict[str, Any], untrained_base: bool | None = None) -
     before = "untrained (random init)" if untrained else f"zero-shot ({result.get('base_model')})"
     after = f"fine-tuned (best: epoch {result.get('best_epoch')}, step {best.get('step')})"
     chance = {"val_i2t_acc": result.get("val_chance_i2t"), "val_i2t_r10": result.get("val_chance_i2t_r10")}
-    rows = {before: result["zero_shot"], after: best, "chance (random ranking)": chance}
+    majority = {"val_i2t_acc": result.get("val_majority_i2t")}
+    rows = {before: result["zero_shot"], after: best, "chance (random ranking)": chance,
+            "most frequent report for every image": majority}
     return pd.DataFrame([{label: metrics.get(key) for key, label in columns.items()} for metrics in rows.values()],
                         index=pd.Index(list(rows), name="model"))
 
@@ -650,23 +748,27 @@ def derived_config(cfg: "Config", overrides: dict[str, Any]) -> "Config":
 
 
 def compare_losses(cfg: "Config", minutes: float, progress: bool = True) -> "pd.DataFrame":
-    """Train InfoNCE and the label-aware loss from the same base with the same budget; compare on val.
+    """Train InfoNCE and the label-aware loss from the same base for the same steps; compare on val.
 
-    The first loss trains for ``minutes`` (its schedule planned for that budget); the second
-    gets exactly as many optimiser steps. Outputs go to ``<run>/compare_losses/<loss>/`` (so the
-    run's main model is untouched) and the table to ``metrics/compare_losses.json``.
+    ``minutes`` (per loss) becomes a number of optimiser steps from the pace the run's main
+    training recorded in ``metrics/train.json`` (validation passes included); without it the
+    first loss trains for ``minutes`` and the second gets as many steps. Both start from the
+    run's base model and skip its zero-shot validation. Outputs go to
+    ``<run>/compare_losses/<loss>/`` (the run's own model is untouched); the table also to
+    ``metrics/compare_losses.json``.
     """
     import pandas as pd
 
-    rows, steps = [], None
+    steps = _steps_for_minutes(cfg, minutes)
+    rows = []
     for loss in ("infonce", "label_aware"):
         overrides: dict[str, Any] = {"train.loss": loss}
         if steps is None:
             overrides["train.max_minutes"] = float(minutes)
         else:
             overrides.update({"train.max_minutes": None, "train.max_steps": steps})
-        sub = derived_config(cfg, overrides)
-        result = fit(sub, progress=progress, outputs=TrainOutputs.under(cfg.run_dir / "compare_losses" / loss))
+        result = fit(derived_config(cfg, overrides), progress=progress, evaluate_base=False,
+                     outputs=TrainOutputs.under(cfg.run_dir / "compare_losses" / loss))
         steps = steps or result["steps"]
         best = result["best"] or {}
         rows.append({"loss": loss, "steps": result["steps"], "val_i2t_acc": best.get("val_i2t_acc"),
@@ -676,6 +778,19 @@ def compare_losses(cfg: "Config", minutes: float, progress: bool = True) -> "pd.
     io.write_json(cfg.paths.metrics / "compare_losses.json",
                   {"minutes": minutes, "label_aware": cfg.train.label_aware.model_dump(mode="json"), "rows": rows})
     return table
+
+
+def _steps_for_minutes(cfg: "Config", minutes: float) -> int | None:
+    """Optimiser steps (with their validations) that fit ``minutes`` at the pace the main training recorded."""
+    path = cfg.paths.metrics / "train.json"
+    if not path.is_file():
+        return None
+    recorded = io.read_json(path)
+    step_s, spe = recorded.get("step_seconds"), recorded.get("steps_per_epoch")
+    if not step_s or not spe:
+        return None
+    steps = _plan_steps(minutes * 60, spe, cfg.train.epochs, step_s, recorded.get("val_seconds") or 0.0)
+    return steps if cfg.train.max_steps is None else min(steps, cfg.train.max_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,6 +145,44 @@ def test_accuracy_table_labels_the_untrained_base():
     assert table.index[0] == "untrained (random init)" and "epoch 4, step 40" in table.index[1]
     assert table.loc[table.index[1], "image→text R@10"] == 0.6
     assert train.accuracy_table(result, untrained_base=False).index[0] == "zero-shot (tiny)"
+    assert table.loc["chance (random ranking)", "image→text R@10"] == 0.1
+
+
+@pytest.mark.parametrize("kind,hf_name", [("cosine", "cosine"), ("linear", "linear"),
+                                          ("constant", "constant_with_warmup")])
+def test_lr_schedule_matches_transformers(kind, hf_name):
+    from transformers import get_scheduler
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        out = []
+        for _ in range(20):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = lrs(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, train.LRSchedule(kind, 3, 20)))
+    theirs = lrs(lambda opt: get_scheduler(hf_name, opt, num_warmup_steps=3, num_training_steps=20))
+    assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+def test_replanning_fits_the_remaining_time():
+    from types import SimpleNamespace
+
+    schedule = train.LRSchedule("cosine", 2, 100)
+    trainer = SimpleNamespace(tp=SimpleNamespace(max_minutes=1.0, epochs=50, max_steps=None), step=10,
+                              batch_in_epoch=0, accum=1, steps_per_epoch=10, val_seconds=1.0, planned_steps=100,
+                              schedule=schedule, elapsed=lambda: 20.0, dist=None)
+    train._Trainer._replan(trainer, step_s=1.0)  # 57 - 20 = 37 s left: ~33 steps + 4 validations
+    assert 40 <= trainer.planned_steps <= 45 and schedule.total == trainer.planned_steps
+    before = trainer.planned_steps
+    train._Trainer._replan(trainer, step_s=0.98)  # within 10%: left alone
+    assert trainer.planned_steps == before
+    trainer.tp.max_steps = 15
+    train._Trainer._replan(trainer, step_s=0.1)
+    assert trainer.planned_steps == 15
 
 
 def test_plan_steps_fits_the_budget():
@@ -166,6 +204,7 @@ def test_fit_smoke_writes_model_metrics_and_figure(tmp_path, manifest_file):
     assert saved["stopped_early"] == "max_steps"
     assert {"val_i2t_acc", "val_t2i_acc", "val_loss"} <= set(saved["zero_shot"])
     assert saved["zero_shot_untrained"] is True
+    assert 0 < saved["val_chance_i2t"] <= saved["val_majority_i2t"] <= 1
     for entry in saved["history"]:
         assert {"epoch", "step", "train_loss", "val_loss", "val_i2t_acc", "val_t2i_acc", "val_i2t_r10", "lr",
                 "pairs_per_s", "wall_s"} <= set(entry)
@@ -263,13 +302,17 @@ def test_time_budget_plans_the_schedule(tmp_path, manifest_file):
 
 @pytest.mark.slow
 def test_compare_losses_trains_both_with_equal_steps(tmp_path, manifest_file):
-    cfg = make_run(tmp_path, manifest_file, **{"train.max_steps": 2})
-    table = train.compare_losses(cfg, minutes=0.2, progress=False)
+    cfg = make_run(tmp_path, manifest_file, **{"train.max_steps": 4})
+    table = train.compare_losses(cfg, minutes=0.1, progress=False)  # no main run yet: the first loss is timed
     assert table["loss"].tolist() == ["infonce", "label_aware"]
     assert table["steps"].nunique() == 1
     assert table[["val_i2t_acc", "val_t2i_acc"]].notna().all().all()
     assert (cfg.paths.metrics / "compare_losses.json").is_file()
     assert not cfg.paths.clip_finetuned.exists()  # the run's own model is untouched
+    main = train.fit(cfg, progress=False)
+    expected = train._plan_steps(0.1 * 60, main["steps_per_epoch"], cfg.train.epochs, main["step_seconds"],
+                                 main["val_seconds"])
+    assert train._steps_for_minutes(cfg, 0.1) == min(expected, 4)
 
 
 @pytest.mark.slow
