@@ -10,6 +10,8 @@
 # (torch==2.13.0 first, the CPU build, so pip never picks a multi-GB CUDA build for the torch range);
 # when they are importable it installs nothing.
 set -euo pipefail
+# On a shared CPU, spinning OpenMP threads slow every torch step several-fold; yield instead.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$(pwd)
 

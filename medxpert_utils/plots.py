@@ -254,7 +254,10 @@ def training_curves(history, path: str | Path | None = None):
         return save(fig, path)
     ax_loss.plot(frame["step"], frame["train_loss"], marker="o", label="train")
     if frame["val_loss"].notna().any():
-        ax_loss.plot(frame["step"], frame["val_loss"], marker="o", label="validation")
+        steps, losses = frame["step"].tolist(), frame["val_loss"].tolist()
+        if zero_shot.get("val_loss") is not None:  # before training, at step 0
+            steps, losses = [0, *steps], [zero_shot["val_loss"], *losses]
+        ax_loss.plot(steps, losses, marker="o", label="validation")
     ax_loss.set(xlabel="optimiser step", ylabel="contrastive loss", title="Loss")
     ax_loss.legend()
     for column, name, colour in (("val_i2t_acc", "image→text", "C0"), ("val_t2i_acc", "text→image", "C1")):
