@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+from medxpert_utils.clip import _hub_error_kind, _looks_like_path  # shared hub-error handling
 from medxpert_utils import io
 from medxpert_utils.errors import ImageLoadError, MissingModelError, UserError
 
@@ -152,25 +153,6 @@ def _offline_message(spec: str) -> str:
     return (f"cannot load BLIP model '{spec}': no network and not in the Hugging Face cache - download it once with "
             "network (or set HF_HOME to a cache that has it), set captions.model to a local folder, "
             "or use the demo profile (offline tiny BLIP)")
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A spec that can only mean a folder (absolute, ./relative, ~, or deeper than the hub's org/name)."""
-    return Path(spec).is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1
-
-
-def _hub_error_kind(exc: BaseException) -> str:
-    """Why from_pretrained failed, from the exception chain: 'missing_repo', 'gated' or 'offline'."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, GatedRepoError):
-            return "gated"
-        if isinstance(seen, RepositoryNotFoundError):
-            return "missing_repo"
-        seen = seen.__cause__ or seen.__context__
-    return "offline"
 
 
 def load_blip(spec: str | os.PathLike, device: Any = None) -> tuple["BlipForConditionalGeneration", "BlipProcessor"]:
