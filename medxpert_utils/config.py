@@ -99,7 +99,7 @@ class AugmentParams(_Section):
 
 
 class LabelAwareParams(_Section):
-    same_labels: bool = Field(False, description="Also treat pairs with identical CheXpert label sets as positives.")
+    same_labels: bool = Field(False, description="Also treat pairs with identical CheXpert label sets as positives (without it, exact duplicate reports train exactly as with InfoNCE).")
     label_weight: float = Field(0.5, ge=0, le=1, description="Target weight of a same-label pair relative to a same-report pair.")
 
 
@@ -117,6 +117,7 @@ class TrainParams(_Section):
     label_aware: LabelAwareParams = Field(default_factory=LabelAwareParams, description="Options of the label-aware loss.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="Autocast on GPU (auto: bf16 where supported); CPU runs in fp32.")
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers (None: one per spare core).")
+    image_cache_mb: float = Field(1024.0, ge=0, description="Decoded training/validation images kept in memory across epochs, in MB per loader process (0: decode every time).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (quick trials).")
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time; the schedule is planned for it.")
     checkpoint_every_steps: int = Field(200, ge=1, description="Save resumable state every N optimiser steps.")
@@ -139,11 +140,13 @@ class EmbedParams(_Section):
 
 class IndexParams(_Section):
     type: Literal["flat", "hnsw", "ivf"] = Field("flat", description="FAISS index: exact inner product, HNSW or IVF.")
+    # HNSW / IVF defaults from benchmarks/bench_search.py (README "Performance"): recall@10 >= 0.95 of exact
+    # at >= 10x its speed on 2 cores, at 100k (HNSW) and 1M (IVF) vectors.
     hnsw_m: int = Field(32, ge=4, description="HNSW: neighbours per node.")
-    hnsw_ef_construction: int = Field(80, ge=8, description="HNSW: build-time candidate list.")
-    hnsw_ef_search: int = Field(64, ge=8, description="HNSW: query-time candidate list.")
+    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW: build-time candidate list.")
+    hnsw_ef_search: int = Field(16, ge=8, description="HNSW: query-time candidate list.")
     ivf_nlist: int = Field(1024, ge=1, description="IVF: number of coarse clusters.")
-    ivf_nprobe: int = Field(16, ge=1, description="IVF: clusters visited per query.")
+    ivf_nprobe: int = Field(6, ge=1, description="IVF: clusters visited per query.")
 
 
 class EvalParams(_Section):

@@ -49,6 +49,11 @@ def label_aware_targets(report_groups: torch.Tensor | Sequence[int], label_sets:
     longer negatives of each other. With ``label_sets`` (a B x L multi-hot tensor or B hashable
     sets), pairs with identical label sets but different reports get weight ``label_weight``.
     Rows are normalised to sum to 1.
+
+    Exact copies of a report get one text embedding, hence identical logits, and then the
+    report-group targets give InfoNCE's loss and gradients exactly (the target mass moves between
+    equal logits); they differ only for reports whose wording differs but normalises to one group.
+    On exact duplicates it is ``label_sets`` that changes training.
     """
     groups = torch.as_tensor(report_groups).reshape(-1)
     targets = (groups[:, None] == groups[None, :]).to(torch.float32)

@@ -232,7 +232,7 @@ def _data_fingerprint(frame: "pd.DataFrame") -> str:
 def _run_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame", processes: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed (settings that do not change results are left out)."""
     train_params = cfg.train.model_dump(mode="json")
-    for volatile in ("resume", "checkpoint_every_steps", "num_workers", "compare_losses_minutes"):
+    for volatile in ("resume", "checkpoint_every_steps", "num_workers", "compare_losses_minutes", "image_cache_mb"):
         train_params.pop(volatile, None)
     return {"train": train_params, "clip": cfg.clip.model_dump(mode="json"), "seed": cfg.seed,
             "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
@@ -328,7 +328,8 @@ class _Trainer:
 
         rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
         workers = runtime.default_num_workers(self.tp.num_workers)
-        loader_args = dict(max_length=self.max_length, device=self.device, raw_pixels=True)
+        loader_args = dict(max_length=self.max_length, device=self.device, raw_pixels=True,
+                           cache_mb=self.tp.image_cache_mb)
         self.train_loader = make_loader(self.train_df, self.processor, self.tp.batch_size, True,
                                         self.tp.augment if self.tp.augment.enabled else None, workers, cfg.seed,
                                         rank=rank, world_size=world, **loader_args)
@@ -559,6 +560,8 @@ class _Trainer:
         """Run epochs from the current position until the planned steps are done or time runs out."""
         from tqdm.auto import tqdm
 
+        from medxpert_utils.data.torchdata import prefetched
+
         self.model.train()
         sampler = self.train_loader.batch_sampler
         n_batches = sampler.batches_per_epoch()
@@ -568,50 +571,54 @@ class _Trainer:
             bar = tqdm(total=n_batches, initial=self.batch_in_epoch, disable=not (self.progress and self.is_main),
                        desc=f"epoch {self.epoch + 1}/{self.tp.epochs}", unit="batch", dynamic_ncols=True)
             stats, tick, out_of_time = self.epoch_stats, time.perf_counter(), False
-            for batch in self.train_loader:
-                self.batch_in_epoch += 1
-                stats["skipped"] += batch["n_skipped"]
-                self.skipped_train += batch["n_skipped"]
-                usable = batch["n"] > 1
-                if self.dist:  # every process must take part in the forward/backward, or none
-                    usable = not self.dist.any(not usable)
-                if usable:
-                    loss = self._forward_loss(batch)
-                    self.scaler.scale(loss / self.accum).backward()
-                    stats["loss_sum"] += float(loss.item())
-                    stats["loss_n"] += 1
-                    stats["pairs"] += batch["n"] * (self.dist.world if self.dist else 1)
-                at_step = self.batch_in_epoch % self.accum == 0
-                if at_step:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
-                    with torch.no_grad():  # keep the parameter where the loss's clamp acts (as open_clip does)
-                        self.core.logit_scale.clamp_(0, LOG_SCALE_MAX)
-                    self.step += 1
-                now = time.perf_counter()
-                stats["seconds"] += now - tick
-                step_time += now - tick
-                tick = now
-                if at_step:
-                    recent = step_time if recent is None else 0.7 * recent + 0.3 * step_time
-                    self.step_seconds, step_time = recent, 0.0
-                    if self.tp.max_minutes is not None:
-                        self._replan(recent)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss_sum'] / max(1, stats['loss_n']):.3f}",
-                                pairs_s=f"{stats['pairs'] / max(stats['seconds'], 1e-9):.0f}")
-                if not at_step:
-                    continue
-                if self.step % self.tp.checkpoint_every_steps == 0:
-                    self.checkpoint()
-                if stop_after_steps is not None and self.step >= stop_after_steps:
-                    bar.close()
-                    raise TrainingInterrupted(f"stopped after step {self.step} (test hook)")
-                out_of_time = self._out_of_time()
-                if self.step >= self.planned_steps or out_of_time:
-                    break
+            batches = prefetched(self.train_loader)
+            try:
+                for batch in batches:
+                    self.batch_in_epoch += 1
+                    stats["skipped"] += batch["n_skipped"]
+                    self.skipped_train += batch["n_skipped"]
+                    usable = batch["n"] > 1
+                    if self.dist:  # every process must take part in the forward/backward, or none
+                        usable = not self.dist.any(not usable)
+                    if usable:
+                        loss = self._forward_loss(batch)
+                        self.scaler.scale(loss / self.accum).backward()
+                        stats["loss_sum"] += float(loss.item())
+                        stats["loss_n"] += 1
+                        stats["pairs"] += batch["n"] * (self.dist.world if self.dist else 1)
+                    at_step = self.batch_in_epoch % self.accum == 0
+                    if at_step:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scheduler.step()
+                        with torch.no_grad():  # keep the parameter where the loss's clamp acts (as open_clip does)
+                            self.core.logit_scale.clamp_(0, LOG_SCALE_MAX)
+                        self.step += 1
+                    now = time.perf_counter()
+                    stats["seconds"] += now - tick
+                    step_time += now - tick
+                    tick = now
+                    if at_step:
+                        recent = step_time if recent is None else 0.7 * recent + 0.3 * step_time
+                        self.step_seconds, step_time = recent, 0.0
+                        if self.tp.max_minutes is not None:
+                            self._replan(recent)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss_sum'] / max(1, stats['loss_n']):.3f}",
+                                    pairs_s=f"{stats['pairs'] / max(stats['seconds'], 1e-9):.0f}")
+                    if not at_step:
+                        continue
+                    if self.step % self.tp.checkpoint_every_steps == 0:
+                        self.checkpoint()
+                    if stop_after_steps is not None and self.step >= stop_after_steps:
+                        bar.close()
+                        raise TrainingInterrupted(f"stopped after step {self.step} (test hook)")
+                    out_of_time = self._out_of_time()
+                    if self.step >= self.planned_steps or out_of_time:
+                        break
+            finally:
+                batches.close()
             bar.close()
             partial = self.batch_in_epoch < n_batches
             self._end_epoch(partial)
@@ -771,7 +778,10 @@ def compare_losses(cfg: "Config", minutes: float, progress: bool = True) -> "pd.
                      outputs=TrainOutputs.under(cfg.run_dir / "compare_losses" / loss))
         steps = steps or result["steps"]
         best = result["best"] or {}
-        rows.append({"loss": loss, "steps": result["steps"], "val_i2t_acc": best.get("val_i2t_acc"),
+        la = cfg.train.label_aware
+        targets = ("own pair only" if loss == "infonce" else "same report" + (
+            f" + same labels x{la.label_weight:g}" if la.same_labels and la.label_weight > 0 else ""))
+        rows.append({"loss": loss, "positives": targets, "steps": result["steps"], "val_i2t_acc": best.get("val_i2t_acc"),
                      "val_t2i_acc": best.get("val_t2i_acc"), "val_i2t_r10": best.get("val_i2t_r10"),
                      "val_t2i_r10": best.get("val_t2i_r10"), "train_s": round(result["wall_s"], 1)})
     table = pd.DataFrame(rows)

@@ -327,3 +327,47 @@ def test_epoch_sampler_is_reproducible_resumable_and_sharded():
         shard.set_epoch(0)
         shards.append([row for batch in shard for row, _ in batch])
     assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 6
+
+
+def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monkeypatch):
+    _, processor = tiny
+    frame = _frame(tmp_path, n=6, bad=(5,))  # 40 x 40 grey PNGs: 1,600 bytes decoded
+    decoded = []
+    real_load = __import__("medxpert_utils.data.images", fromlist=["x"]).load_image
+    monkeypatch.setattr("medxpert_utils.data.images.load_image", lambda path: decoded.append(path) or real_load(path))
+    augment = AugmentParams()
+    cached = torchdata.make_loader(frame, processor, 3, True, augment, 0, 0, cache_mb=3 * 1600 / 2**20)
+    plain = torchdata.make_loader(frame, processor, 3, True, augment, 0, 0)
+    for epoch in range(2):
+        for loader in (cached, plain):
+            loader.batch_sampler.set_epoch(epoch)
+        got, want = list(cached), list(plain)
+        assert [b["n_skipped"] for b in got] == [b["n_skipped"] for b in want]
+        for a, b in zip(got, want):  # same pixels, augmentation included
+            assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["index"], b["index"])
+    assert len(cached.dataset._cache) == 3 and cached.dataset._cached_bytes == 3 * 1600  # the budget holds 3
+    # plain: 6 decodes per epoch; cached: 6, then 3 (the 2 good images over budget and the unreadable one)
+    assert len(decoded) == 2 * 6 + (6 + 3)
+
+
+def test_prefetch_yields_in_order_raises_and_stops_early():
+    assert list(torchdata.Prefetch(range(50), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    it = torchdata.Prefetch(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(it)
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    with torchdata.Prefetch(counting(), depth=2) as early:
+        assert next(early) == 0
+    assert len(produced) <= 4 and not early._thread.is_alive()  # stopped soon after close

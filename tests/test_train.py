@@ -95,6 +95,30 @@ def test_soft_targets_make_duplicate_reports_positives():
     assert math.isclose(swapped_back.item(), soft.item(), rel_tol=1e-6)  # which copy matches is irrelevant
 
 
+def _loss_and_grads(groups, labels, targets_fn):
+    """Loss and gradients when every copy of a report has one text embedding (as a text tower gives it)."""
+    torch.manual_seed(0)
+    images = torch.randn(len(groups), 6, requires_grad=True)
+    table = torch.randn(max(groups) + 1, 6, requires_grad=True)  # one embedding per distinct report
+    loss = train.clip_loss(images, table[torch.tensor(groups)], torch.tensor(math.log(10.0)), targets_fn(groups, labels))
+    loss.backward()
+    return loss.detach(), images.grad, table.grad
+
+
+def test_report_group_targets_equal_infonce_when_duplicate_texts_share_an_embedding():
+    # Exact duplicate reports give identical logits, so spreading the target over the copies changes neither
+    # the loss nor any gradient: report-group targets alone only matter for reports that differ in wording but
+    # normalise to one group. Same-label targets are what change training on exact duplicates.
+    groups, labels = [0, 1, 0, 2, 1, 3], torch.tensor([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1], [0, 1]])
+    plain = _loss_and_grads(groups, labels, lambda g, lab: None)
+    by_group = _loss_and_grads(groups, labels, lambda g, lab: train.label_aware_targets(g))
+    by_labels = _loss_and_grads(groups, labels, lambda g, lab: train.label_aware_targets(g, lab, 0.5))
+    for a, b in zip(plain, by_group):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(plain[0], by_labels[0], atol=1e-3)
+    assert not torch.allclose(plain[1], by_labels[1], atol=1e-3)
+
+
 def test_label_aware_targets_weight_same_label_pairs():
     labels = torch.tensor([[1, 0], [1, 0], [0, 1], [1, 0]], dtype=torch.float32)
     targets = train.label_aware_targets([0, 1, 2, 0], labels, label_weight=0.5)
@@ -302,10 +326,14 @@ def test_time_budget_plans_the_schedule(tmp_path, manifest_file):
 
 @pytest.mark.slow
 def test_compare_losses_trains_both_with_equal_steps(tmp_path, manifest_file):
-    cfg = make_run(tmp_path, manifest_file, **{"train.max_steps": 4})
+    cfg = make_run(tmp_path, manifest_file, **{"train.max_steps": 4, "train.label_aware.same_labels": True})
     table = train.compare_losses(cfg, minutes=0.1, progress=False)  # no main run yet: the first loss is timed
     assert table["loss"].tolist() == ["infonce", "label_aware"]
+    assert table["positives"].tolist() == ["own pair only", "same report + same labels x0.5"]
     assert table["steps"].nunique() == 1
+    losses = [[e["train_loss"] for e in io.read_json(cfg.run_dir / "compare_losses" / name / "train.json")["history"]]
+              for name in ("infonce", "label_aware")]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)  # the label-aware targets reach the loss
     assert table[["val_i2t_acc", "val_t2i_acc"]].notna().all().all()
     assert (cfg.paths.metrics / "compare_losses.json").is_file()
     assert not cfg.paths.clip_finetuned.exists()  # the run's own model is untouched

@@ -241,7 +241,7 @@ class ImageTextDataset(Dataset):
     """
 
     def __init__(self, frame: pd.DataFrame, image_transform: ImageTransform, text_column: str = "report",
-                 seed: int = 0, raw: bool = False):
+                 seed: int = 0, raw: bool = False, cache_mb: float = 0.0):
         from medxpert_utils.data.manifest import report_groups
 
         self.paths = frame["image_path"].astype(str).tolist()
@@ -254,16 +254,31 @@ class ImageTextDataset(Dataset):
         self.transform = image_transform
         self.seed = int(seed)
         self.raw = bool(raw)
+        # Decoded images kept in memory up to cache_mb (first come, first kept): epochs after the first
+        # skip decoding, which costs as much as the augmentation. Each worker process has its own.
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[int, Image.Image] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+    def _image(self, index: int) -> Image.Image:
         from medxpert_utils.data.images import load_image
 
+        img = self._cache.get(index)
+        if img is None:
+            img = load_image(self.paths[index])
+            size = img.width * img.height * len(img.getbands())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[index] = img
+                self._cached_bytes += size
+        return img
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
         try:
-            img = load_image(self.paths[index])
+            img = self._image(index)
         except (ImageLoadError, OSError):
             return None
         rng = np.random.default_rng([self.seed, epoch, index]) if self.transform.augment is not None else None
@@ -367,17 +382,19 @@ def _loader_kwargs(num_workers: int, device: Any, batch_bytes: int) -> dict[str,
 def make_loader(frame: pd.DataFrame, processor: Any, batch_size: int, shuffle: bool, augment: Any | None,
                 num_workers: int, seed: int, *, max_length: int | None = None, drop_last: bool | None = None,
                 num_batches: int | None = None, device: Any = None, rank: int = 0, world_size: int = 1,
-                raw_pixels: bool = False) -> DataLoader:
+                raw_pixels: bool = False, cache_mb: float = 0.0) -> DataLoader:
     """DataLoader of tokenised image-report batches over ``frame`` (see :class:`ClipCollate` for the keys).
 
     The batch sampler is ``loader.batch_sampler`` (:class:`EpochBatchSampler`): call its
     ``set_epoch(epoch, start_batch)`` before iterating. ``drop_last`` defaults to ``shuffle``
     (training batches are full so every step sees the same number of negatives). With
     ``raw_pixels`` batches carry uint8 pixels; normalise them on the device with
-    ``loader.dataset.transform.normalise_batch``.
+    ``loader.dataset.transform.normalise_batch``. ``cache_mb`` keeps up to that many MB of decoded
+    images in memory across epochs (transforms still run on every pass), split between the workers.
     """
     transform = train_image_transform(processor, augment) if augment is not None else eval_image_transform(processor)
-    dataset = ImageTextDataset(frame.reset_index(drop=True), transform, seed=seed, raw=raw_pixels)
+    dataset = ImageTextDataset(frame.reset_index(drop=True), transform, seed=seed, raw=raw_pixels,
+                               cache_mb=cache_mb / max(1, num_workers))
     drop = shuffle if drop_last is None else drop_last
     if drop and len(dataset) < batch_size * world_size:
         drop = False  # a split smaller than one batch still trains
@@ -428,3 +445,86 @@ def make_image_loader(paths: Sequence[str | os.PathLike], processor: Any, batch_
     out_h, out_w = transform.output_size
     return DataLoader(ImageDataset(paths, transform), batch_size=batch_size, shuffle=False, collate_fn=collate_images,
                       **_loader_kwargs(num_workers, device, batch_size * out_h * out_w * 3 * 4))
+
+
+class Prefetch:
+    """Iterate ``iterable`` in a background thread, up to ``depth`` items ahead (for in-process loading).
+
+    With no DataLoader workers (a 1-2 core machine) decoding and augmenting the next batch would
+    otherwise wait for the model's step; PIL, numpy and the tokenizer release the GIL for most of
+    that work, so a thread overlaps it with the forward/backward pass. Items arrive in the
+    iterable's order (results are unchanged). Use as a context manager, or call :meth:`close`
+    when stopping early: the thread stops at its next item.
+    """
+
+    _DONE = object()
+
+    def __init__(self, iterable: Any, depth: int = 2):
+        import queue
+        import threading
+
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterable,), name="medxpert-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, iterable: Any) -> None:
+        try:
+            for item in iterable:
+                if not self._put((item, None)):
+                    return
+        except BaseException as exc:  # re-raised in the consumer's thread
+            self._put((self._DONE, exc))
+            return
+        self._put((self._DONE, None))
+
+    def __iter__(self) -> "Prefetch":
+        return self
+
+    def __next__(self) -> Any:
+        item, error = self._queue.get()
+        if item is self._DONE:
+            self._stop.set()
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "Prefetch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def prefetched(loader: DataLoader, depth: int = 2) -> "Prefetch | _Closable":
+    """``loader``'s batches, loaded ahead in a thread when it has no worker processes (call ``close()`` after)."""
+    if loader.num_workers > 0:  # worker processes already load ahead
+        return _Closable(iter(loader))
+    return Prefetch(loader, depth)
+
+
+class _Closable:
+    def __init__(self, iterator: Iterator[Any]):
+        self._iterator = iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._iterator
+
+    def close(self) -> None:
+        pass
