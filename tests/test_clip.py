@@ -265,6 +265,40 @@ def test_augmentation_is_seeded_and_keeps_laterality():
     assert torchdata.train_image_transform(processor, AugmentParams(enabled=False)) == eval_transform
 
 
+def test_batched_augmentation_matches_the_per_image_path():
+    processor = clip.tiny_image_processor(32)
+    transform = torchdata.train_image_transform(processor, AugmentParams(rotation_deg=10, scale_min=0.8,
+                                                                         brightness=0.2, contrast=0.2))
+    yy, xx = np.mgrid[0:64, 0:64]
+    images = [Image.fromarray((127 + 100 * np.sin(xx / (5 + i)) * np.cos(yy / (4 + i))).astype(np.uint8), "L")
+              for i in range(6)]
+    images.append(Image.fromarray(np.full((48, 80), 200, dtype=np.uint8), "L"))  # another size: its own group
+    draws = [np.random.default_rng([0, 3, i]) for i in range(len(images))]
+    batch = transform.augment_batch([transform.augment_spec(img, rng) for img, rng in zip(images, draws)])
+    single = torch.stack([transform.raw(img, np.random.default_rng([0, 3, i])) for i, img in enumerate(images)])
+    assert batch.dtype == torch.uint8 and batch.shape == single.shape == (7, 1, 32, 32)
+    diff = (batch.float() - single.float()).abs()
+    assert diff[:, :, 4:-4, 4:-4].max() <= 4  # same geometry and jitter; kernels differ slightly
+    assert diff.mean() < 2
+    other = transform.augment_batch([transform.augment_spec(images[0], np.random.default_rng([0, 4, 0]))])
+    assert not torch.equal(other[0], batch[0])  # the draws decide the view
+
+
+def test_training_loader_augments_in_the_collate(tmp_path, tiny):
+    _, processor = tiny
+    frame = _frame(tmp_path, n=6)
+    raw = torchdata.make_loader(frame, processor, 3, True, AugmentParams(), 0, 0, raw_pixels=True)
+    per_item = torchdata.make_loader(frame, processor, 3, True, AugmentParams(), 0, 0)
+    raw.batch_sampler.set_epoch(1)
+    per_item.batch_sampler.set_epoch(1)
+    for a, b in zip(raw, per_item):
+        assert a["pixel_values"].dtype == torch.uint8
+        got = raw.dataset.transform.normalise_batch(a["pixel_values"])
+        assert got.shape == b["pixel_values"].shape
+        levels = (got - b["pixel_values"]).abs() * min(raw.dataset.transform.std) * 255  # grey levels
+        assert levels[:, :, 4:-4, 4:-4].mean() < 6  # the same views of white-noise images, kernels aside
+
+
 # ------------------------------------------------------------------------- datasets and loaders
 
 

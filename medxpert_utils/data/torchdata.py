@@ -125,8 +125,9 @@ class ImageTransform:
             out[c] -= np.float32(self.mean[c] / self.std[c])
         return torch.from_numpy(out)
 
-    def _augmented(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        """Random rotation + resized crop as one affine resampling of the output pixels, then jitter."""
+    def _plan_augment(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple[float, ...], float, float]:
+        """One augmentation's random draws: the source (box-reduced if large), the affine matrix from
+        output to source pixel coordinates (PIL's ``AFFINE`` convention), brightness and contrast factors."""
         rotation, scale_min, brightness, contrast = self.augment
         out_h, out_w = self.output_size
         # Box-filter big films down first (antialiased, fast) so the affine step below never
@@ -149,15 +150,73 @@ class ImageTransform:
         x0, y0 = left - cx, top - cy
         matrix = (cos * sx, sin * sy, cos * x0 + sin * y0 + cx,
                   -sin * sx, cos * sy, -sin * x0 + cos * y0 + cy)
+        gain = float(rng.uniform(1 - brightness, 1 + brightness)) if brightness > 0 else 1.0
+        spread = float(rng.uniform(1 - contrast, 1 + contrast)) if contrast > 0 else 1.0
+        return img, matrix, gain, spread
+
+    def _augmented(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        """Random rotation + resized crop as one affine resampling of the output pixels, then jitter."""
+        _, _, brightness, contrast = self.augment
+        img, matrix, gain, spread = self._plan_augment(img, rng)
         resample = self.resample if self.resample in (Image.NEAREST, Image.BILINEAR, Image.BICUBIC) else Image.BILINEAR
+        out_h, out_w = self.output_size
         img = img.transform((out_w, out_h), Image.Transform.AFFINE, matrix, resample=resample, fillcolor=0)
         x = self._to_array(img)
         if brightness > 0:
-            x *= np.float32(rng.uniform(1 - brightness, 1 + brightness))
+            x *= np.float32(gain)
         if contrast > 0:
             mean = x.mean(dtype=np.float64)
-            x = (x - mean) * np.float32(rng.uniform(1 - contrast, 1 + contrast)) + np.float32(mean)
+            x = (x - mean) * np.float32(spread) + np.float32(mean)
         return np.clip(x, 0, 255, out=x)
+
+    def augment_spec(self, img: Image.Image, rng: np.random.Generator) -> dict[str, Any]:
+        """The draws of :meth:`raw`'s augmentation, for :meth:`augment_batch` to apply to a whole batch."""
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        img, matrix, gain, spread = self._plan_augment(img, rng)
+        arr = np.asarray(img, dtype=np.uint8)
+        source = torch.from_numpy(arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+        return {"source": source, "affine": matrix, "jitter": (gain, spread)}
+
+    def augment_batch(self, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """uint8 ``B x C x H x W`` augmented images from :meth:`augment_spec` draws, resampled together.
+
+        The same geometry and jitter as :meth:`raw` with the same draws, computed with one
+        ``grid_sample`` per source size. Torch's bicubic kernel differs from PIL's (interior pixels
+        within a few grey levels) and pixels straddling the image's edge blend into the zero fill
+        instead of being cut sharply. Per-item PIL work would cost a small model on a 1-2 core
+        machine a good share of its step.
+        """
+        import torch.nn.functional as F
+
+        _, _, brightness, contrast = self.augment
+        out_h, out_w = self.output_size
+        mode = {Image.NEAREST: "nearest", Image.BICUBIC: "bicubic"}.get(self.resample, "bilinear")
+        channels = max(spec["source"].shape[0] for spec in specs)
+        out = torch.empty((len(specs), channels, out_h, out_w), dtype=torch.uint8)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, spec in enumerate(specs):
+            by_size.setdefault(tuple(spec["source"].shape[1:]), []).append(i)
+        for (height, width), rows in by_size.items():
+            src = torch.stack([specs[i]["source"].expand(channels, -1, -1) for i in rows]).float()
+            # PIL's matrix maps output pixel-centre coordinates (u + 0.5, v + 0.5) to source ones; in the
+            # [-1, 1] coordinates of affine_grid / grid_sample (align_corners=False) it becomes theta.
+            a, b, c, d, e, f = np.array([specs[i]["affine"] for i in rows], dtype=np.float64).T
+            theta = np.stack([
+                np.stack([a * out_w / width, b * out_h / width, (a * out_w + b * out_h + 2 * c) / width - 1], -1),
+                np.stack([d * out_w / height, e * out_h / height, (d * out_w + e * out_h + 2 * f) / height - 1], -1),
+            ], axis=1)
+            grid = F.affine_grid(torch.from_numpy(theta).float(), [len(rows), channels, out_h, out_w],
+                                 align_corners=False)
+            img = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)
+            jitter = torch.tensor([specs[i]["jitter"] for i in rows], dtype=torch.float32)
+            if brightness > 0:
+                img = img * jitter[:, 0, None, None, None]
+            if contrast > 0:
+                mean = img.double().mean(dim=(1, 2, 3), keepdim=True).float()
+                img = (img - mean) * jitter[:, 1, None, None, None] + mean
+            out[rows] = img.clamp_(0, 255).round_().to(torch.uint8)
+        return out
 
 
 def _image_processor(processor: Any) -> Any:
@@ -282,8 +341,12 @@ class ImageTextDataset(Dataset):
         except (ImageLoadError, OSError):
             return None
         rng = np.random.default_rng([self.seed, epoch, index]) if self.transform.augment is not None else None
+        if self.raw and rng is not None:  # augmented in the collate, for the whole batch at once
+            image = {"augment": self.transform.augment_spec(img, rng)}
+        else:
+            image = {"pixel_values": self.transform.raw(img, rng) if self.raw else self.transform(img, rng)}
         return {
-            "pixel_values": self.transform.raw(img, rng) if self.raw else self.transform(img, rng),
+            **image,
             "text": self.texts[index],
             "index": index,
             "report_group": int(self.groups[index]),
@@ -294,9 +357,10 @@ class ImageTextDataset(Dataset):
 class ClipCollate:
     """Stack images, tokenise the batch's reports, drop (and count) rows whose image failed."""
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    def __init__(self, tokenizer: Any, max_length: int, transform: ImageTransform | None = None):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.transform = transform  # applies the batch augmentation of items that carry "augment" draws
 
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
@@ -306,7 +370,8 @@ class ClipCollate:
         enc = self.tokenizer([item["text"] for item in kept], padding="longest", truncation=True,
                              max_length=self.max_length, return_tensors="pt")
         batch.update(
-            pixel_values=torch.stack([item["pixel_values"] for item in kept]),
+            pixel_values=(self.transform.augment_batch([item["augment"] for item in kept]) if "augment" in kept[0]
+                          else torch.stack([item["pixel_values"] for item in kept])),
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],
             index=torch.tensor([item["index"] for item in kept], dtype=torch.long),
@@ -400,7 +465,8 @@ def make_loader(frame: pd.DataFrame, processor: Any, batch_size: int, shuffle: b
         drop = False  # a split smaller than one batch still trains
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed=seed, drop_last=drop, num_batches=num_batches,
                                 rank=rank, world_size=world_size)
-    collate = ClipCollate(getattr(processor, "tokenizer", processor), tokenizer_max_length(processor, max_length))
+    collate = ClipCollate(getattr(processor, "tokenizer", processor), tokenizer_max_length(processor, max_length),
+                          transform)
     # A private generator: iterating the loader then never draws from the global torch RNG.
     generator = torch.Generator().manual_seed(int(seed))
     out_h, out_w = transform.output_size
