@@ -63,7 +63,7 @@ def build_vit_b32(reports: list[str], out_dir: Path) -> Path:
     return clip.save_clip(model, CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer), out_dir)
 
 
-def prepare(arch: str, root: Path, batches: int, epochs: int) -> config.Config:
+def prepare(arch: str, root: Path, batches: int, epochs: int, workers: int | None = None) -> config.Config:
     """A run folder with a synthetic manifest (``batches`` full training batches) and the model to train."""
     from medxpert_utils.data import sources
 
@@ -74,7 +74,7 @@ def prepare(arch: str, root: Path, batches: int, epochs: int) -> config.Config:
         "data.n_studies": n_studies, "data.image_size": spec["image_px"],
         "data.split": {"train": 0.8, "val": 0.1, "test": 0.1},
         "train.batch_size": batch, "train.epochs": epochs, "train.max_steps": None, "train.max_minutes": None,
-        "train.checkpoint_every_steps": 10**6, "train.num_workers": None, "train.val_max_pairs": batch,
+        "train.checkpoint_every_steps": 10**6, "train.num_workers": workers, "train.val_max_pairs": batch,
         "train.lr": 1e-4, "train.resume": False,
     }
     if spec["tiny"] is not None:
@@ -128,8 +128,8 @@ def bare_pairs_per_s(cfg: config.Config, steps: int) -> float:
     return steps * cfg.train.batch_size / (time.perf_counter() - t0)
 
 
-def measure(arch: str, root: Path, batches: int, epochs: int) -> dict:
-    cfg = prepare(arch, root, batches, epochs)
+def measure(arch: str, root: Path, batches: int, epochs: int, workers: int | None = None) -> dict:
+    cfg = prepare(arch, root, batches, epochs, workers)
     steps = batches * (epochs - 1)
     bare_before = bare_pairs_per_s(cfg, max(2, steps // 2))
     result = train.fit(cfg, progress=False)
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--arch", choices=[*ARCHS, "all"], default="all")
     parser.add_argument("--batches", type=int, default=None, help="training batches per epoch (default: 10 tiny, 3 ViT-B/32)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs (the first is warm-up)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the project's choice)")
     parser.add_argument("--repeats", type=int, default=1, help="measure this many times; report the median run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -159,7 +160,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         os.environ.setdefault("MEDXPERT_OUTPUTS", tmp)
         for arch in archs:
-            runs = [measure(arch, Path(tmp) / f"r{i}", args.batches or ARCHS[arch]["batches"], args.epochs)
+            runs = [measure(arch, Path(tmp) / f"r{i}", args.batches or ARCHS[arch]["batches"], args.epochs, args.workers)
                     for i in range(args.repeats)]
             r = sorted(runs, key=lambda run: run["ratio"])[len(runs) // 2]  # the median run
             r = {**r, "ratios_of_repeats": [run["ratio"] for run in runs]}
