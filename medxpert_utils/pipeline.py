@@ -112,7 +112,7 @@ def run_chain(params: str | os.PathLike = "params/demo.yaml", run: str | os.Path
                 str(stage.path), str(out),
                 parameters={"PARAMS": str(cfg.params_path), "RUN": str(cfg.run_dir), "OVERRIDES": dict(overrides or {})},
                 kernel_name=kernel_name or _kernel_name(), cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-                log_output=False, report_mode=False,
+                log_output=False, report_mode=False, kernel_manager_class=kernel_manager_class(),
             )
         except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
             wall = time.perf_counter() - t0
@@ -151,6 +151,30 @@ def _short_reason(exc: BaseException) -> str:
     if ename:
         return f"{ename}: {evalue}".strip()[:500]
     return f"{type(exc).__name__}: {exc}".strip()[:500]
+
+
+def kernel_manager_class() -> type:
+    """The kernel manager papermill uses: local IPC sockets instead of TCP ports.
+
+    The kernel and papermill share this machine, and ipykernel warns at every start that TCP
+    without CurveZMQ keys sends everything in plain text; Unix sockets under the Jupyter runtime
+    folder avoid both the open ports and the warning.
+    """
+    global _IPC_MANAGER
+    if _IPC_MANAGER is None:
+        from jupyter_client.manager import AsyncKernelManager
+        from traitlets import default
+
+        class IPCKernelManager(AsyncKernelManager):
+            @default("transport")
+            def _default_transport(self) -> str:
+                return "ipc"
+
+        _IPC_MANAGER = IPCKernelManager
+    return _IPC_MANAGER
+
+
+_IPC_MANAGER: type | None = None
 
 
 def _kernel_name() -> str:

@@ -521,7 +521,8 @@ def run_comparison_notebook(folder: Path, log: Callable[[str], None] = print,
         # The folder's absolute path, not its name: the kernel runs in notebooks/ and must find the same runs.
         pm.execute_notebook(str(source), str(out), parameters={"RUNS": str(folder), "OUT": ""},
                             kernel_name=kernel_name or pipeline._kernel_name(), cwd=str(pipeline.NOTEBOOKS_DIR),
-                            progress_bar=False, log_output=False, report_mode=False)
+                            progress_bar=False, log_output=False, report_mode=False,
+                            kernel_manager_class=pipeline.kernel_manager_class())
     except Exception as exc:
         reason = pipeline._short_reason(exc)
         log(f"x comparison failed: {reason} - open {out}")

@@ -94,3 +94,16 @@ def test_selection_rules(fake_chain):
     assert [s.number for s in pipeline.select(stages, allowed=["00", "02"])] == ["00", "02"]
     with pytest.raises(UserError, match="no such notebook"):
         pipeline.select(stages, start="09")
+
+
+@pytest.mark.slow
+def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dirs):
+    folder = tmp_path / "ipc_notebooks"
+    folder.mkdir()
+    _notebook(folder / "00_transport.ipynb",
+              "from pathlib import Path\nfrom ipykernel.connect import get_connection_info\n"
+              "Path(RUN).mkdir(parents=True, exist_ok=True)\n"
+              "(Path(RUN) / 'transport.txt').write_text(get_connection_info(unpack=True)['transport'])\n")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
+    pipeline.run_chain("params/demo.yaml", run="ipc", log=lambda message: None)
+    assert (isolated_dirs / "ipc" / "transport.txt").read_text() == "ipc"  # no TCP ports, no plain-text warning
