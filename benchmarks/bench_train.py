@@ -21,7 +21,6 @@ Results are printed and written to ``benchmarks/results/train.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medxpert_utils import clip, config, io, runtime, train
+from medxpert_utils import clip, config, io, pretrained, runtime, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 
@@ -60,7 +59,7 @@ def build_vit_b32(reports: list[str], out_dir: Path) -> Path:
                pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=ids))
-    return clip.save_clip(model, CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer), out_dir)
+    return pretrained.save_pretrained(model, CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer), out_dir)
 
 
 def prepare(arch: str, root: Path, batches: int, epochs: int, workers: int | None = None) -> config.Config:

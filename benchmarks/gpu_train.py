@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from medxpert_utils import clip, config, io, runtime, train
+from medxpert_utils import clip, config, io, pretrained, runtime, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_train.json"
 
@@ -56,7 +56,7 @@ def build_model(reports: list[str], out_dir: Path, dry_run: bool) -> Path:
         cfg = CLIPConfig(text_config=ids)
         processor = CLIPImageProcessorPil()
     torch.manual_seed(0)
-    return clip.save_clip(CLIPModel(cfg), CLIPProcessor(image_processor=processor, tokenizer=tokenizer), out_dir)
+    return pretrained.save_pretrained(CLIPModel(cfg), CLIPProcessor(image_processor=processor, tokenizer=tokenizer), out_dir)
 
 
 def make_dataset(root: Path, n_studies: int, image_px: int):

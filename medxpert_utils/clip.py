@@ -10,18 +10,15 @@ asked for by name: a missing model raises :class:`MissingModelError` with what t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
-from medxpert_utils import io
-from medxpert_utils.errors import MissingModelError, UserError
+from medxpert_utils.errors import UserError
+from medxpert_utils.pretrained import TINY, ModelKind, load_pretrained, reuse_or_build, save_pretrained
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the CLI and dashboard import this module cheaply
     import pandas as pd
@@ -30,7 +27,6 @@ if TYPE_CHECKING:  # heavy imports stay lazy: the CLI and dashboard import this 
 
     from medxpert_utils.config import Config, TinyClipParams
 
-TINY = "tiny"
 BASE_KEY_NAME = "clip_base.key.json"  # written beside models/clip_base/
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 _END_OF_WORD = "</w>"
@@ -38,113 +34,19 @@ _END_OF_WORD = "</w>"
 # three; for a tower trained from scratch a roughly zero-centred, unit-scale input is what matters.
 TINY_IMAGE_MEAN = (0.5, 0.5, 0.5)
 TINY_IMAGE_STD = (0.25, 0.25, 0.25)
-
-
-def _offline_message(spec: str) -> str:
-    return (f"cannot load CLIP model '{spec}': no network and not in the Hugging Face cache - download it once "
-            "with network, set clip.model to a local folder, or use the demo profile (offline tiny CLIP)")
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A spec that can only mean a folder (absolute, ./relative, ~, or deeper than hub's org/name)."""
-    return (Path(spec).is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1
-            or (os.sep != "/" and os.sep in spec))
-
-
-def _hub_error_kind(exc: BaseException) -> str:
-    """Classify a from_pretrained failure by walking the exception chain: 'missing_repo' or 'offline'."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, GatedRepoError):
-            return "gated"
-        if isinstance(seen, RepositoryNotFoundError):
-            return "missing_repo"
-        seen = seen.__cause__ or seen.__context__
-    return "offline"
+CLIP_KIND = ModelKind(name="CLIP", param="clip.model", example="openai/clip-vit-base-patch32", notebook="notebook 01",
+                      builder="clip.prepare_base_model(cfg) into models/clip_base/", offline_tiny="offline tiny CLIP")
 
 
 def load_clip(spec: str | os.PathLike, device: Any = None) -> tuple["CLIPModel", "CLIPProcessor"]:
     """Load a CLIP model and its processor (eval mode, float32, on ``device``) from a hub id or a folder.
 
     Offline and not cached, or a missing folder, raises a one-line :class:`MissingModelError`;
-    random weights are never substituted.
+    random weights are never substituted (see :func:`medxpert_utils.pretrained.load_pretrained`).
     """
-    import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from medxpert_utils import runtime
-
-    text = os.fspath(spec).strip()
-    if text == TINY:
-        raise UserError("clip.model 'tiny' is not a model to load: it is built from the training reports by "
-                        "clip.prepare_base_model(cfg) (notebook 01) into models/clip_base/ - load that folder")
-    path = Path(text).expanduser()
-    local = path.is_dir()
-    if not local and (path.exists() or _looks_like_path(text)):
-        raise MissingModelError(f"CLIP model folder not found: {text} - run notebook 01 to create it, or set "
-                                "clip.model to a Hugging Face hub id such as openai/clip-vit-base-patch32")
-    source = str(path) if local else text
-    try:
-        with quiet_transformers():
-            model = CLIPModel.from_pretrained(source, dtype=torch.float32)
-            processor = CLIPProcessor.from_pretrained(source)
-    except OSError as exc:
-        if local:
-            raise MissingModelError(f"cannot load CLIP model from {source}: not a complete save_pretrained folder "
-                                    f"({str(exc).splitlines()[0][:160]}) - rerun notebook 01 or point clip.model "
-                                    "at a saved CLIP") from None
-        kind = _hub_error_kind(exc)
-        if kind == "missing_repo":
-            raise MissingModelError(f"cannot load CLIP model '{text}': no such model on the Hugging Face hub - "
-                                    "check clip.model (e.g. openai/clip-vit-base-patch32)") from None
-        if kind == "gated":
-            raise MissingModelError(f"cannot load CLIP model '{text}': the hub repository is gated - accept its "
-                                    "terms and log in with `hf auth login`, or set clip.model to a local folder") from None
-        raise MissingModelError(_offline_message(text)) from None
-    dev = device if isinstance(device, torch.device) else runtime.get_device(device or "auto")
-    model.to(dev).eval()
-    return model, processor
-
-
-def save_clip(model: "CLIPModel", processor: "CLIPProcessor", out_dir: str | os.PathLike) -> Path:
-    """``save_pretrained`` model and processor into ``out_dir`` atomically (a reader never sees half a model)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with quiet_transformers():
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' per-call weight loading/saving bars (notebooks show one bar per epoch instead)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _replace_dir(src: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(src, target)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    return load_pretrained(spec, CLIPModel, CLIPProcessor, CLIP_KIND, device)
 
 
 def train_tokenizer(reports: Iterable[str], vocab_size: int, max_length: int):
@@ -213,7 +115,7 @@ def build_tiny_clip(params: "TinyClipParams", reports: Iterable[str], out_dir: s
         torch.manual_seed(seed)
         model = CLIPModel(config)
     processor = CLIPProcessor(image_processor=tiny_image_processor(params.image_size), tokenizer=tokenizer)
-    return save_clip(model, processor, out_dir)
+    return save_pretrained(model, processor, out_dir)
 
 
 def _train_reports(cfg: "Config") -> list[str]:
@@ -241,18 +143,9 @@ def prepare_base_model(cfg: "Config") -> str:
     if cfg.clip.model != TINY:
         return cfg.clip.model
     out = cfg.paths.clip_base
-    key_path = out.with_name(BASE_KEY_NAME)
     reports = _train_reports(cfg)
-    key = _base_key(cfg, reports)
-    if (out / "config.json").is_file() and key_path.is_file():
-        try:
-            if io.read_json(key_path) == key:
-                return str(out)
-        except ValueError:
-            pass
-    build_tiny_clip(cfg.clip.tiny, reports, out, cfg.seed)
-    io.write_json(key_path, key)
-    return str(out)
+    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), _base_key(cfg, reports),
+                          lambda: build_tiny_clip(cfg.clip.tiny, reports, out, cfg.seed))
 
 
 def model_specs(cfg: "Config") -> dict[str, str]:

@@ -7,6 +7,7 @@ names the executed notebook to open.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -153,6 +154,7 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()[:500]
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_manager_class() -> type:
     """The kernel manager papermill uses: local IPC sockets instead of TCP ports.
 
@@ -160,21 +162,15 @@ def kernel_manager_class() -> type:
     without CurveZMQ keys sends everything in plain text; Unix sockets under the Jupyter runtime
     folder avoid both the open ports and the warning.
     """
-    global _IPC_MANAGER
-    if _IPC_MANAGER is None:
-        from jupyter_client.manager import AsyncKernelManager
-        from traitlets import default
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
 
-        class IPCKernelManager(AsyncKernelManager):
-            @default("transport")
-            def _default_transport(self) -> str:
-                return "ipc"
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
 
-        _IPC_MANAGER = IPCKernelManager
-    return _IPC_MANAGER
-
-
-_IPC_MANAGER: type | None = None
+    return IPCKernelManager
 
 
 def _kernel_name() -> str:

@@ -502,10 +502,10 @@ class _Trainer:
             _save_checkpoint(self.outputs.checkpoints, self.state_dict(finished))
 
     def _save_best(self) -> None:
-        from medxpert_utils.clip import save_clip
+        from medxpert_utils.pretrained import save_pretrained
 
         if self.is_main:
-            save_clip(self.core, self.processor, self.outputs.model_dir)
+            save_pretrained(self.core, self.processor, self.outputs.model_dir)
 
     # -- the run ------------------------------------------------------------------------------
     def plan(self, evaluate_base: bool = True) -> None:

@@ -7,7 +7,6 @@ cache (``MEDXPERT_DATA``), so nothing writes into the repository's outputs/ or d
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +51,14 @@ def smoke_run(smoke_outputs, session_data_dir) -> Path:
             mp.delenv(name, raising=False)
         run_chain("params/smoke.yaml", run=run_dir, log=lambda message: None)
     return run_dir
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Small models run faster on one thread on a busy machine; restores the thread count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

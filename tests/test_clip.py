@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medxpert_utils import clip
+from medxpert_utils import clip, pretrained
 from medxpert_utils.config import AugmentParams, TinyClipParams
 from medxpert_utils.data import torchdata
 from medxpert_utils.errors import MissingModelError, UserError
@@ -28,13 +28,7 @@ TINY = TinyClipParams(image_size=32, patch_size=8, hidden_size=32, vision_layers
                       projection_dim=32, vocab_size=300, max_length=32, logit_scale_init=20.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run faster on one thread on a busy machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +100,7 @@ def test_eos_pooling_takes_the_eos_position(tiny):
 
 def test_save_load_round_trip_gives_identical_embeddings(tiny, tmp_path):
     model, processor = tiny
-    clip.save_clip(model, processor, tmp_path / "copy")
+    pretrained.save_pretrained(model, processor, tmp_path / "copy")
     again, processor2 = clip.load_clip(tmp_path / "copy")
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     enc = processor.tokenizer(REPORTS[:2], padding=True, truncation=True, return_tensors="pt")
@@ -134,8 +128,8 @@ def test_missing_weights_offline_is_one_clear_line(monkeypatch, tmp_path):
         clip.load_clip("openai/clip-vit-base-patch32")
     message = str(info.value)
     assert message == ("cannot load CLIP model 'openai/clip-vit-base-patch32': no network and not in the Hugging "
-                       "Face cache - download it once with network, set clip.model to a local folder, or use the "
-                       "demo profile (offline tiny CLIP)")
+                       "Face cache - download it once with network (or set HF_HOME to a cache that has it), set "
+                       "clip.model to a local folder, or use the demo profile (offline tiny CLIP)")
     assert "\n" not in message
 
 
@@ -385,7 +379,9 @@ def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monk
 
 
 def test_prefetch_yields_in_order_raises_and_stops_early():
-    assert list(torchdata.Prefetch(range(50), depth=3)) == list(range(50))
+    done = torchdata.Prefetch(range(50), depth=3)
+    assert list(done) == list(range(50))
+    assert next(done, "end") == "end"  # asking again after the end does not hang
 
     def failing():
         yield 1

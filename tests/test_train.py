@@ -19,12 +19,7 @@ TINY_RUN = {"data.n_studies": 40, "data.image_size": 32, "train.batch_size": 8, 
 DETERMINISTIC_KEYS = ("epoch", "step", "train_loss", "val_loss", "val_i2t_acc", "val_t2i_acc", "lr", "partial_epoch")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
     import torch
     from tqdm.auto import tqdm
 
-    from medxpert_utils.clip import save_clip
+    from medxpert_utils.pretrained import save_pretrained
 
     params = cfg.captions
     # Auxiliary finding head on the vision [CLS] output, used only while training (see AUX_LABEL_WEIGHT).
@@ -199,7 +199,7 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
     schedule = TimeAwareCosine(total_steps, max(1, int(0.05 * total_steps)), budget, clock=time.monotonic)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     best, history, step, stopped = initial, [], 0, None
-    save_clip(model, processor, cfg.paths.blip)  # the untrained state is the best until an epoch beats it
+    save_pretrained(model, processor, cfg.paths.blip)  # the untrained state is the best until an epoch beats it
     for epoch in range(1, params.epochs + 1):
         model.train()
         losses, aux_losses = [], []
@@ -236,7 +236,7 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
                         "val_loss": val_loss, "seconds": round(time.monotonic() - start, 1)})
         if val_loss < best:
             best = val_loss
-            save_clip(model, processor, cfg.paths.blip)
+            save_pretrained(model, processor, cfg.paths.blip)
         if stopped:
             break
     return {"base": prepare_base_model(cfg), "initial_val_loss": initial, "best_val_loss": best, "steps": step,

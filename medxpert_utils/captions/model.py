@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from medxpert_utils.clip import _hub_error_kind, _looks_like_path  # shared hub-error handling
 from medxpert_utils import io
 from medxpert_utils.errors import ImageLoadError, MissingModelError, UserError
+from medxpert_utils.pretrained import TINY, ModelKind, load_pretrained, reuse_or_build, save_pretrained
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
     from medxpert_utils.config import Config, TinyBlipParams
 
-TINY = "tiny"
 BASE_KEY_NAME = "blip_base.key.json"  # beside models/blip_base/: what the tiny base was built from
+BLIP_KIND = ModelKind(name="BLIP", param="captions.model", example="Salesforce/blip-image-captioning-base",
+                      notebook="notebook 04", builder="captions.prepare_base_model(cfg) into models/blip_base/",
+                      offline_tiny="offline tiny BLIP")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4; [CLS] doubles as BLIP's [DEC] start token
 TINY_IMAGE_MEAN = (0.5, 0.5, 0.5)  # grey films as three equal channels: zero-centred, unit-scale input
 TINY_IMAGE_STD = (0.25, 0.25, 0.25)
@@ -86,8 +88,6 @@ def build_tiny_blip(params: "TinyBlipParams", reports: Iterable[str], out_dir: s
     import torch
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
-    from medxpert_utils.clip import save_clip
-
     if params.hidden_size % params.heads:
         raise UserError(f"captions.tiny.hidden_size {params.hidden_size} is not divisible by captions.tiny.heads {params.heads}")
     if params.image_size % params.patch_size:
@@ -109,7 +109,7 @@ def build_tiny_blip(params: "TinyBlipParams", reports: Iterable[str], out_dir: s
         torch.manual_seed(seed)
         model = BlipForConditionalGeneration(config)
     processor = BlipProcessor(image_processor=tiny_image_processor(params.image_size), tokenizer=tokenizer)
-    return save_clip(model, processor, out_dir)  # generic atomic save_pretrained of model + processor
+    return save_pretrained(model, processor, out_dir)  # generic atomic save_pretrained of model + processor
 
 
 def _text_max_length(cfg: "Config") -> int:
@@ -133,65 +133,19 @@ def prepare_base_model(cfg: "Config") -> str:
     if cfg.captions.model != TINY:
         return cfg.captions.model
     out = cfg.paths.blip_base
-    key_path = out.with_name(BASE_KEY_NAME)
     reports = _split_reports(cfg)
     key = {"train_reports_sha256": hashlib.sha256("\n\x00".join(reports).encode()).hexdigest(),
            "tiny": cfg.captions.tiny.model_dump(mode="json"), "max_length": _text_max_length(cfg),
            "seed": cfg.seed, "transformers": transformers.__version__, "builder": TINY_BUILDER_VERSION}
-    if (out / "config.json").is_file() and key_path.is_file():
-        try:
-            if io.read_json(key_path) == key:
-                return str(out)
-        except ValueError:
-            pass
-    build_tiny_blip(cfg.captions.tiny, reports, out, cfg.seed, _text_max_length(cfg))
-    io.write_json(key_path, key)
-    return str(out)
-
-
-def _offline_message(spec: str) -> str:
-    return (f"cannot load BLIP model '{spec}': no network and not in the Hugging Face cache - download it once with "
-            "network (or set HF_HOME to a cache that has it), set captions.model to a local folder, "
-            "or use the demo profile (offline tiny BLIP)")
+    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), key,
+                          lambda: build_tiny_blip(cfg.captions.tiny, reports, out, cfg.seed, _text_max_length(cfg)))
 
 
 def load_blip(spec: str | os.PathLike, device: Any = None) -> tuple["BlipForConditionalGeneration", "BlipProcessor"]:
     """Load BLIP and its processor (eval mode, float32, on ``device``) from a hub id or a ``save_pretrained`` folder."""
-    import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from medxpert_utils import runtime
-    from medxpert_utils.clip import quiet_transformers
-
-    text = os.fspath(spec).strip()
-    if text == TINY:
-        raise UserError("captions.model 'tiny' is built from the training reports by captions.prepare_base_model(cfg) "
-                        "(notebook 04) into models/blip_base/ - load that folder")
-    path = Path(text).expanduser()
-    local = path.is_dir()
-    if not local and (path.exists() or _looks_like_path(text)):
-        raise MissingModelError(f"BLIP model folder not found: {text} - run notebook 04 to create it, or set "
-                                "captions.model to a hub id such as Salesforce/blip-image-captioning-base")
-    source = str(path) if local else text
-    try:
-        with quiet_transformers():
-            model = BlipForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
-            processor = BlipProcessor.from_pretrained(source)
-    except OSError as exc:
-        if local:
-            raise MissingModelError(f"cannot load BLIP model from {source}: not a complete save_pretrained folder "
-                                    f"({str(exc).splitlines()[0][:160]}) - rerun notebook 04") from None
-        kind = _hub_error_kind(exc)
-        if kind == "missing_repo":
-            raise MissingModelError(f"cannot load BLIP model '{text}': no such model on the Hugging Face hub - check "
-                                    "captions.model (e.g. Salesforce/blip-image-captioning-base)") from None
-        if kind == "gated":
-            raise MissingModelError(f"cannot load BLIP model '{text}': the hub repository is gated - accept its terms "
-                                    "and log in with `hf auth login`, or set captions.model to a local folder") from None
-        raise MissingModelError(_offline_message(text)) from None
-    dev = device if isinstance(device, torch.device) else runtime.get_device(device or "auto")
-    model.to(dev).eval()
-    return model, processor
+    return load_pretrained(spec, BlipForConditionalGeneration, BlipProcessor, BLIP_KIND, device)
 
 
 def model_specs(cfg: "Config") -> dict[str, str]:

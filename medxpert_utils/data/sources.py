@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from medxpert_utils import io
 from medxpert_utils.config import Config
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.assemble import LEAKAGE_NOTE, BuildStats, finish, resolve_data_root

@@ -559,6 +559,8 @@ class Prefetch:
         return self
 
     def __next__(self) -> Any:
+        if self._stop.is_set() and self._queue.empty():  # exhausted or closed: never wait on a stopped thread
+            raise StopIteration
         item, error = self._queue.get()
         if item is self._DONE:
             self._stop.set()
