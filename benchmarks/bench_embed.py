@@ -7,7 +7,7 @@ depend on the values) with CLIP's image processor settings (224 px, centre crop,
 Data: 224 px grayscale PNGs written to a temporary folder.
 
 * project path: ``embed.embed_images`` - DataLoader (``runtime.default_num_workers``) decoding the
-  PNGs with ``data.images.load_image`` + ``torchdata.eval_image_transform``, batched forward under
+  PNGs with ``data.images.load_image`` + ``transforms.eval_image_transform``, batched forward under
   ``torch.inference_mode``, L2 normalisation, copy into the output matrix;
 * bare: the same forward + normalisation over tensors preprocessed and held in memory beforehand.
 
@@ -65,7 +65,7 @@ def main() -> None:
     from medxpert_utils import embed, runtime
     from medxpert_utils.clip import image_features
     from medxpert_utils.data.images import load_image
-    from medxpert_utils.data.torchdata import eval_image_transform
+    from medxpert_utils.data.transforms import eval_image_transform
 
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig()).eval()

@@ -172,7 +172,7 @@ def _progress(total: int, desc: str, unit: str, show: bool):
 
 def image_transform(processor: "CLIPProcessor"):
     """The evaluation transform (PIL image -> (3, H, W) tensor) matching training's validation."""
-    from medxpert_utils.data.torchdata import eval_image_transform
+    from medxpert_utils.data.transforms import eval_image_transform
 
     return eval_image_transform(processor)
 

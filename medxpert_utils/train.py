@@ -560,7 +560,7 @@ class _Trainer:
         """Run epochs from the current position until the planned steps are done or time runs out."""
         from tqdm.auto import tqdm
 
-        from medxpert_utils.data.torchdata import prefetched
+        from medxpert_utils.data.prefetch import prefetched
 
         self.model.train()
         sampler = self.train_loader.batch_sampler

@@ -14,7 +14,7 @@ from PIL import Image
 
 from medxpert_utils import clip, pretrained
 from medxpert_utils.config import AugmentParams, TinyClipParams
-from medxpert_utils.data import torchdata
+from medxpert_utils.data import prefetch, torchdata, transforms
 from medxpert_utils.errors import MissingModelError, UserError
 
 REPORTS = [
@@ -224,7 +224,7 @@ def test_eval_transform_matches_the_processor(shape):
     img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), "L")
     for processor in (clip.tiny_image_processor(32), CLIPImageProcessorPil()):
         expected = processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-        got = torchdata.eval_image_transform(processor)(img)
+        got = transforms.eval_image_transform(processor)(img)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
@@ -234,7 +234,7 @@ def test_raw_pixels_normalised_on_the_device_equal_the_eval_transform():
     images = [Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8), "L") for _ in range(3)]
     for processor in (clip.tiny_image_processor(32), __import__("transformers").models.clip.image_processing_pil_clip
                       .CLIPImageProcessorPil()):
-        transform = torchdata.eval_image_transform(processor)
+        transform = transforms.eval_image_transform(processor)
         raw = torch.stack([transform.raw(img) for img in images])
         assert raw.dtype == torch.uint8 and raw.shape[1] == 1
         assert torch.equal(transform.normalise_batch(raw), torch.stack([transform(img) for img in images]))
@@ -242,9 +242,9 @@ def test_raw_pixels_normalised_on_the_device_equal_the_eval_transform():
 
 def test_augmentation_is_seeded_and_keeps_laterality():
     processor = clip.tiny_image_processor(32)
-    transform = torchdata.train_image_transform(processor, AugmentParams(rotation_deg=10, scale_min=0.8,
+    transform = transforms.train_image_transform(processor, AugmentParams(rotation_deg=10, scale_min=0.8,
                                                                          brightness=0.2, contrast=0.2))
-    eval_transform = torchdata.eval_image_transform(processor)
+    eval_transform = transforms.eval_image_transform(processor)
     arr = np.zeros((64, 64), dtype=np.uint8)
     arr[16:48, 4:24] = 255  # bright block on the image's left
     img = Image.fromarray(arr, "L")
@@ -256,12 +256,12 @@ def test_augmentation_is_seeded_and_keeps_laterality():
     for seed in range(20):
         out = transform(img, np.random.default_rng(seed))[0]
         assert out[:, :16].mean() > out[:, 16:].mean()  # never mirrored
-    assert torchdata.train_image_transform(processor, AugmentParams(enabled=False)) == eval_transform
+    assert transforms.train_image_transform(processor, AugmentParams(enabled=False)) == eval_transform
 
 
 def test_batched_augmentation_matches_the_per_image_path():
     processor = clip.tiny_image_processor(32)
-    transform = torchdata.train_image_transform(processor, AugmentParams(rotation_deg=10, scale_min=0.8,
+    transform = transforms.train_image_transform(processor, AugmentParams(rotation_deg=10, scale_min=0.8,
                                                                          brightness=0.2, contrast=0.2))
     yy, xx = np.mgrid[0:64, 0:64]
     images = [Image.fromarray((127 + 100 * np.sin(xx / (5 + i)) * np.cos(yy / (4 + i))).astype(np.uint8), "L")
@@ -379,7 +379,7 @@ def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monk
 
 
 def test_prefetch_yields_in_order_raises_and_stops_early():
-    done = torchdata.Prefetch(range(50), depth=3)
+    done = prefetch.Prefetch(range(50), depth=3)
     assert list(done) == list(range(50))
     assert next(done, "end") == "end"  # asking again after the end does not hang
 
@@ -387,7 +387,7 @@ def test_prefetch_yields_in_order_raises_and_stops_early():
         yield 1
         raise ValueError("bad batch")
 
-    it = torchdata.Prefetch(failing())
+    it = prefetch.Prefetch(failing())
     assert next(it) == 1
     with pytest.raises(ValueError, match="bad batch"):
         next(it)
@@ -398,6 +398,6 @@ def test_prefetch_yields_in_order_raises_and_stops_early():
             produced.append(i)
             yield i
 
-    with torchdata.Prefetch(counting(), depth=2) as early:
+    with prefetch.Prefetch(counting(), depth=2) as early:
         assert next(early) == 0
     assert len(produced) <= 4 and not early._thread.is_alive()  # stopped soon after close
