@@ -278,6 +278,21 @@ def test_batched_augmentation_matches_the_per_image_path():
     assert not torch.equal(other[0], batch[0])  # the draws decide the view
 
 
+def test_augmentation_draws_depend_on_seed_epoch_and_row_alone(tmp_path, tiny):
+    _, processor = tiny
+    frame = _frame(tmp_path, n=6)
+    transform = transforms.train_image_transform(processor, AugmentParams())
+    a, b = (torchdata.ImageTextDataset(frame, transform, seed=3) for _ in range(2))
+    first = a.draws(4, 1).copy()
+    a.draws(0, 2)  # another epoch in between (a worker moves on) changes nothing
+    assert np.array_equal(a.draws(4, 1), first) and np.array_equal(b.draws(4, 1), first)
+    assert not np.array_equal(a.draws(4, 2), first) and not np.array_equal(a.draws(3, 1), first)
+    assert not np.array_equal(torchdata.ImageTextDataset(frame, transform, seed=4).draws(4, 1), first)
+    assert first.shape == (transforms.N_DRAWS,) and ((first >= 0) & (first < 1)).all()
+    with pytest.raises(ValueError, match="draws must be 7 numbers"):
+        transform(Image.new("L", (40, 40)), np.zeros(3))
+
+
 def test_training_loader_augments_in_the_collate(tmp_path, tiny):
     _, processor = tiny
     frame = _frame(tmp_path, n=6)
@@ -327,6 +342,31 @@ def test_loader_batches_tokens_groups_and_labels(tmp_path, tiny):
     assert first["index"].tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collate_kept_token_ids_equal_the_tokenizers_padded_call(tiny, side, monkeypatch):
+    _, processor = tiny
+    tokenizer = processor.tokenizer
+    monkeypatch.setattr(tokenizer, "padding_side", side)
+    collate = torchdata.ClipCollate(tokenizer, max_length=9, max_cached_texts=3)
+    batches = [REPORTS[:5], ["", REPORTS[1] * 4, REPORTS[1], REPORTS[0]], [REPORTS[4]], REPORTS[2:4] * 2]
+    for texts in batches:  # repeats, an empty report, one truncated at max_length, more texts than kept
+        got = collate.encode(texts)
+        want = tokenizer(texts, padding="longest", truncation=True, max_length=9, return_tensors="pt")
+        assert got["input_ids"].dtype == want["input_ids"].dtype
+        assert torch.equal(got["input_ids"], want["input_ids"])
+        assert torch.equal(got["attention_mask"], want["attention_mask"])
+    assert len(collate._ids) == 3  # the cap holds
+
+
+def test_affine_grid_by_broadcasting_equals_torchs():
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    for height, width in ((32, 32), (24, 40), (1, 3)):
+        want = torch.nn.functional.affine_grid(theta, [5, 1, height, width], align_corners=False)
+        got = transforms._affine_grid(theta, height, width)
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_bad_images_are_skipped_and_counted(tmp_path, tiny):
     _, processor = tiny
     loader = torchdata.make_loader(_frame(tmp_path, n=6, bad=(1, 4)), processor, batch_size=3, shuffle=True,
@@ -357,15 +397,16 @@ def test_epoch_sampler_is_reproducible_resumable_and_sharded():
     assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 6
 
 
-def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monkeypatch):
+@pytest.mark.parametrize("raw", [False, True])  # decoded images / batch augmentation's source tensors
+def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monkeypatch, raw):
     _, processor = tiny
     frame = _frame(tmp_path, n=6, bad=(5,))  # 40 x 40 grey PNGs: 1,600 bytes decoded
     decoded = []
     real_load = __import__("medxpert_utils.data.images", fromlist=["x"]).load_image
     monkeypatch.setattr("medxpert_utils.data.images.load_image", lambda path: decoded.append(path) or real_load(path))
     augment = AugmentParams()
-    cached = torchdata.make_loader(frame, processor, 3, True, augment, 0, 0, cache_mb=3 * 1600 / 2**20)
-    plain = torchdata.make_loader(frame, processor, 3, True, augment, 0, 0)
+    cached = torchdata.make_loader(frame, processor, 3, True, augment, 0, 0, cache_mb=3 * 1600 / 2**20, raw_pixels=raw)
+    plain = torchdata.make_loader(frame, processor, 3, True, augment, 0, 0, raw_pixels=raw)
     for epoch in range(2):
         for loader in (cached, plain):
             loader.batch_sampler.set_epoch(epoch)
@@ -401,3 +442,14 @@ def test_prefetch_yields_in_order_raises_and_stops_early():
     with prefetch.Prefetch(counting(), depth=2) as early:
         assert next(early) == 0
     assert len(produced) <= 4 and not early._thread.is_alive()  # stopped soon after close
+
+
+def test_prefetch_thread_runs_torch_ops_on_one_thread_and_leaves_the_callers_alone():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = list(prefetch.Prefetch(torch.get_num_threads() for _ in range(3)))
+        assert seen == [1, 1, 1]  # no second OpenMP team beside the model's
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -40,6 +40,13 @@ class Prefetch:
         return False
 
     def _run(self, iterable: Any) -> None:
+        import torch
+
+        # One intra-op thread here (the setting is per thread): torch ops in the loader (the batch
+        # augmentation) would otherwise start a second team of OpenMP threads beside the model's,
+        # and the two teams' busy-waiting on the same cores slows the model's step more than the
+        # loading costs.
+        torch.set_num_threads(1)
         try:
             for item in iterable:
                 if not self._put((item, None)):

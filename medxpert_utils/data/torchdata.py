@@ -42,9 +42,10 @@ class ImageTextDataset(Dataset):
     """Manifest rows as dicts of ``pixel_values``, ``text``, ``index``, ``report_group`` and ``labels``.
 
     ``index`` is the row's position in ``frame``. Keys may be plain row positions or
-    ``(row, epoch)`` pairs (from :class:`EpochBatchSampler`), which seed the augmentation with
-    ``(seed, epoch, row)``. An unreadable image gives ``None``. With ``raw`` the pixels stay uint8
-    and unnormalised (see :meth:`ImageTransform.raw`).
+    ``(row, epoch)`` pairs (from :class:`EpochBatchSampler`); a row's augmentation draws are row
+    ``row`` of a table drawn from ``(seed, epoch)``. An unreadable image gives ``None``. With
+    ``raw`` the pixels stay uint8 and unnormalised (see :meth:`ImageTransform.raw`); augmented raw
+    items carry their source and draws, for the collate to augment the whole batch at once.
     """
 
     def __init__(self, frame: pd.DataFrame, image_transform: ImageTransform, text_column: str = "report",
@@ -61,26 +62,46 @@ class ImageTextDataset(Dataset):
         self.transform = image_transform
         self.seed = int(seed)
         self.raw = bool(raw)
-        # Decoded images kept in memory up to cache_mb (first come, first kept): epochs after the first
-        # skip decoding, which costs as much as the augmentation. Each worker process has its own.
+        self.batch_augment = self.raw and image_transform.augment is not None
+        # Decoded images (for batch augmentation: their reduced source tensors) kept in memory up to
+        # cache_mb, first come, first kept: epochs after the first skip decoding, which costs as much
+        # as the augmentation. Each worker process has its own.
         self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: dict[int, Image.Image] = {}
+        self._cache: dict[int, Image.Image | torch.Tensor] = {}
         self._cached_bytes = 0
+        self._draw_table: tuple[int, np.ndarray] | None = None  # (epoch, rows x N_DRAWS)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _image(self, index: int) -> Image.Image:
+    def _image(self, index: int) -> Image.Image | torch.Tensor:
+        """The decoded image, or with batch augmentation its source tensor (cached within the budget)."""
         from medxpert_utils.data.images import load_image
 
-        img = self._cache.get(index)
-        if img is None:
+        item = self._cache.get(index)
+        if item is None:
             img = load_image(self.paths[index])
-            size = img.width * img.height * len(img.getbands())
+            if self.batch_augment:
+                item = self.transform.source_tensor(img)
+                size = item.numel()
+            else:
+                item, size = img, img.width * img.height * len(img.getbands())
             if self._cached_bytes + size <= self.cache_bytes:
-                self._cache[index] = img
+                self._cache[index] = item
                 self._cached_bytes += size
-        return img
+        return item
+
+    def draws(self, index: int, epoch: int) -> np.ndarray:
+        """Row ``index``'s augmentation draws in ``epoch``: a function of ``(seed, epoch, index)`` alone.
+
+        One table per epoch (vectorised, then looked up) instead of a generator per item, whose
+        set-up alone cost more than the rest of an item's loading.
+        """
+        from medxpert_utils.data.transforms import N_DRAWS
+
+        if self._draw_table is None or self._draw_table[0] != epoch:
+            self._draw_table = (epoch, np.random.default_rng([self.seed, epoch]).random((len(self), N_DRAWS)))
+        return self._draw_table[1][index]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
@@ -88,11 +109,11 @@ class ImageTextDataset(Dataset):
             img = self._image(index)
         except (ImageLoadError, OSError):
             return None
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.transform.augment is not None else None
-        if self.raw and rng is not None:  # augmented in the collate, for the whole batch at once
-            image = {"augment": self.transform.augment_spec(img, rng)}
+        draws = self.draws(index, epoch) if self.transform.augment is not None else None
+        if self.batch_augment:  # augmented in the collate, for the whole batch at once
+            image = {"augment": {"source": img, "draws": draws}}
         else:
-            image = {"pixel_values": self.transform.raw(img, rng) if self.raw else self.transform(img, rng)}
+            image = {"pixel_values": self.transform.raw(img, draws) if self.raw else self.transform(img, draws)}
         return {
             **image,
             "text": self.texts[index],
@@ -103,25 +124,56 @@ class ImageTextDataset(Dataset):
 
 
 class ClipCollate:
-    """Stack images, tokenise the batch's reports, drop (and count) rows whose image failed."""
+    """Stack images, tokenise the batch's reports, drop (and count) rows whose image failed.
 
-    def __init__(self, tokenizer: Any, max_length: int, transform: ImageTransform | None = None):
+    Each distinct report is tokenised once (truncated at ``max_length``, unpadded) and kept, up to
+    ``max_cached_texts`` of them; batches are then padded from the kept ids, which gives exactly
+    what the tokenizer's ``padding="longest"`` call gives. Medical reports repeat, and tokenising
+    every batch again would cost a small model a few percent of its step on every epoch.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, transform: ImageTransform | None = None,
+                 max_cached_texts: int = 2**20):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.transform = transform  # applies the batch augmentation of items that carry "augment" draws
+        self.max_cached_texts = int(max_cached_texts)
+        self._ids: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` of ``texts`` padded to the longest (the tokenizer's own call)."""
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if pad_id is None:  # nothing to pad with: let the tokenizer decide (and raise)
+            enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        missing = [text for text in dict.fromkeys(texts) if text not in self._ids]
+        found = {}
+        if missing:
+            enc = self.tokenizer(missing, truncation=True, max_length=self.max_length)
+            found = {text: np.asarray(ids, dtype=np.int64) for text, ids in zip(missing, enc["input_ids"])}
+            room = max(0, self.max_cached_texts - len(self._ids))
+            self._ids.update(dict(list(found.items())[:room]))
+        seqs = [self._ids.get(text, found.get(text)) for text in texts]
+        longest = max(len(ids) for ids in seqs)
+        input_ids = np.full((len(seqs), longest), pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), longest), dtype=np.int64)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        for row, ids in enumerate(seqs):
+            cols = slice(longest - len(ids), longest) if left else slice(0, len(ids))
+            input_ids[row, cols] = ids
+            mask[row, cols] = 1
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
         batch: dict[str, Any] = {"n": len(kept), "n_skipped": len(items) - len(kept)}
         if not kept:
             return batch
-        enc = self.tokenizer([item["text"] for item in kept], padding="longest", truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
         batch.update(
             pixel_values=(self.transform.augment_batch([item["augment"] for item in kept]) if "augment" in kept[0]
                           else torch.stack([item["pixel_values"] for item in kept])),
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
+            **self.encode([item["text"] for item in kept]),
             index=torch.tensor([item["index"] for item in kept], dtype=torch.long),
             report_group=torch.tensor([item["report_group"] for item in kept], dtype=torch.long),
             labels=torch.from_numpy(np.stack([item["labels"] for item in kept])),

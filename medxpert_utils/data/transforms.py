@@ -22,6 +22,9 @@ from PIL import Image
 # Aspect-ratio jitter of the random resized crop: narrower than torchvision's 3/4..4/3, since
 # a radiograph's proportions (heart width against chest width) carry meaning.
 _RATIO_RANGE = (0.9, 1 / 0.9)
+# Uniform [0, 1) draws behind one augmented view: crop area, aspect ratio, crop left, crop top,
+# rotation, brightness and contrast.
+N_DRAWS = 7
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class ImageTransform:
     ``shortest_edge`` resizes keeping the aspect ratio (else ``size`` is the exact ``(h, w)``),
     then a centre crop to ``crop`` (when set), rescale and per-channel normalise. With
     ``augment`` and an ``rng`` the call applies the training augmentation instead of the resize
-    and crop; without an ``rng`` it is always the deterministic eval transform.
+    and crop; without an ``rng`` it is always the deterministic eval transform. ``rng`` is a
+    NumPy generator or the view's :data:`N_DRAWS` uniform draws (see :meth:`draws`).
     """
 
     shortest_edge: int | None
@@ -51,11 +55,11 @@ class ImageTransform:
             return self.size
         return (self.shortest_edge, self.shortest_edge)  # only square inputs give a fixed size here
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(self, img: Image.Image, rng: "np.random.Generator | np.ndarray | None" = None) -> torch.Tensor:
         """Normalised ``3 x H x W`` float32 tensor (augmented when this transform has ``augment`` and an ``rng``)."""
         return self._normalise(self.pixels(img, rng))
 
-    def raw(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def raw(self, img: Image.Image, rng: "np.random.Generator | np.ndarray | None" = None) -> torch.Tensor:
         """The same image before normalisation as uint8 ``C x H x W`` (C = 1 for grey): 12x fewer bytes
         to pass from loader workers; :meth:`normalise_batch` finishes the job on the device."""
         return torch.from_numpy(np.rint(self.pixels(img, rng)).astype(np.uint8))
@@ -72,12 +76,12 @@ class ImageTransform:
             x = x.expand(-1, 3, -1, -1)
         return x * scale.view(1, 3, 1, 1) - shift.view(1, 3, 1, 1)
 
-    def pixels(self, img: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+    def pixels(self, img: Image.Image, rng: "np.random.Generator | np.ndarray | None" = None) -> np.ndarray:
         """Resized/cropped (or augmented) pixels as float32 ``C x H x W`` in 0..255, before normalisation."""
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
         if self.augment is not None and rng is not None:
-            return self._augmented(img, rng)
+            return self._augmented(img, self.draws(rng))
         img = self._resize(img)
         if self.crop is not None:
             h, w = self.crop
@@ -114,67 +118,84 @@ class ImageTransform:
             out[c] -= np.float32(self.mean[c] / self.std[c])
         return torch.from_numpy(out)
 
-    def _plan_augment(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple[float, ...], float, float]:
-        """One augmentation's random draws: the source (box-reduced if large), the affine matrix from
-        output to source pixel coordinates (PIL's ``AFFINE`` convention), brightness and contrast factors."""
-        rotation, scale_min, brightness, contrast = self.augment
-        out_h, out_w = self.output_size
-        # Box-filter big films down first (antialiased, fast) so the affine step below never
-        # shrinks by much more than 1x: it samples points and would alias on a large reduction.
-        factor = int(min(img.width, img.height) * math.sqrt(scale_min) * 0.9 // max(out_h, out_w))
-        if factor >= 2:
-            img = img.reduce(factor)
-        # The eval view is the centred box with the output's aspect ratio; crop a random part of it.
-        box_w, box_h = min(img.width, img.height * out_w / out_h), min(img.height, img.width * out_h / out_w)
-        area = box_w * box_h * rng.uniform(scale_min, 1.0)
-        ratio = math.exp(rng.uniform(math.log(_RATIO_RANGE[0]), math.log(_RATIO_RANGE[1]))) * box_w / box_h
-        cw, ch = min(box_w, math.sqrt(area * ratio)), min(box_h, math.sqrt(area / ratio))
-        left = (img.width - box_w) / 2 + rng.uniform(0, box_w - cw)
-        top = (img.height - box_h) / 2 + rng.uniform(0, box_h - ch)
-        angle = -math.radians(rng.uniform(-rotation, rotation)) if rotation > 0 else 0.0  # sign as PIL's rotate
-        # output (u, v) -> crop (left + u*sx, top + v*sy) -> source pixel of the image rotated about its centre
-        cos, sin = math.cos(angle), math.sin(angle)
-        cx, cy = img.width / 2, img.height / 2
-        sx, sy = cw / out_w, ch / out_h
-        x0, y0 = left - cx, top - cy
-        matrix = (cos * sx, sin * sy, cos * x0 + sin * y0 + cx,
-                  -sin * sx, cos * sy, -sin * x0 + cos * y0 + cy)
-        gain = float(rng.uniform(1 - brightness, 1 + brightness)) if brightness > 0 else 1.0
-        spread = float(rng.uniform(1 - contrast, 1 + contrast)) if contrast > 0 else 1.0
-        return img, matrix, gain, spread
+    @staticmethod
+    def draws(rng: "np.random.Generator | np.ndarray") -> np.ndarray:
+        """The :data:`N_DRAWS` uniform draws of one augmented view (drawn from ``rng`` if it is a generator)."""
+        if isinstance(rng, np.random.Generator):
+            return rng.random(N_DRAWS)
+        draws = np.asarray(rng, dtype=np.float64)
+        if draws.shape != (N_DRAWS,):
+            raise ValueError(f"augmentation draws must be {N_DRAWS} numbers in [0, 1), got shape {draws.shape}")
+        return draws
 
-    def _augmented(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        """Random rotation + resized crop as one affine resampling of the output pixels, then jitter."""
-        _, _, brightness, contrast = self.augment
-        img, matrix, gain, spread = self._plan_augment(img, rng)
-        resample = self.resample if self.resample in (Image.NEAREST, Image.BILINEAR, Image.BICUBIC) else Image.BILINEAR
-        out_h, out_w = self.output_size
-        img = img.transform((out_w, out_h), Image.Transform.AFFINE, matrix, resample=resample, fillcolor=0)
-        x = self._to_array(img)
-        if brightness > 0:
-            x *= np.float32(gain)
-        if contrast > 0:
-            mean = x.mean(dtype=np.float64)
-            x = (x - mean) * np.float32(spread) + np.float32(mean)
-        return np.clip(x, 0, 255, out=x)
-
-    def augment_spec(self, img: Image.Image, rng: np.random.Generator) -> dict[str, Any]:
-        """The draws of :meth:`raw`'s augmentation, for :meth:`augment_batch` to apply to a whole batch."""
+    def augment_source(self, img: Image.Image) -> Image.Image:
+        """What the augmentation samples from: big films box-filtered down first (antialiased, fast),
+        so the affine step never shrinks by much more than 1x -- it samples points and would alias."""
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
-        img, matrix, gain, spread = self._plan_augment(img, rng)
-        arr = np.asarray(img, dtype=np.uint8)
-        source = torch.from_numpy(arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
-        return {"source": source, "affine": matrix, "jitter": (gain, spread)}
+        _, scale_min, _, _ = self.augment
+        factor = int(min(img.width, img.height) * math.sqrt(scale_min) * 0.9 // max(self.output_size))
+        return img.reduce(factor) if factor >= 2 else img
+
+    def source_tensor(self, img: Image.Image) -> torch.Tensor:
+        """:meth:`augment_source` as uint8 ``C x H x W`` (C = 1 for grey), the input of :meth:`augment_batch`."""
+        arr = np.asarray(self.augment_source(img), dtype=np.uint8)
+        return torch.from_numpy(arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+    def _plan(self, widths: np.ndarray, heights: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Views of sources ``widths x heights`` from ``B x N_DRAWS`` draws, vectorised: the ``B x 6``
+        affine matrices from output to source pixel coordinates (PIL's ``AFFINE`` convention) and the
+        brightness and contrast factors."""
+        rotation, scale_min, brightness, contrast = self.augment
+        out_h, out_w = self.output_size
+        w, h = np.asarray(widths, dtype=np.float64), np.asarray(heights, dtype=np.float64)
+        u = np.asarray(draws, dtype=np.float64).reshape(-1, N_DRAWS).T
+        # The eval view is the centred box with the output's aspect ratio; crop a random part of it.
+        box_w, box_h = np.minimum(w, h * out_w / out_h), np.minimum(h, w * out_h / out_w)
+        area = box_w * box_h * (scale_min + (1 - scale_min) * u[0])
+        log_lo, log_hi = math.log(_RATIO_RANGE[0]), math.log(_RATIO_RANGE[1])
+        ratio = np.exp(log_lo + (log_hi - log_lo) * u[1]) * box_w / box_h
+        cw, ch = np.minimum(box_w, np.sqrt(area * ratio)), np.minimum(box_h, np.sqrt(area / ratio))
+        left = (w - box_w) / 2 + u[2] * (box_w - cw)
+        top = (h - box_h) / 2 + u[3] * (box_h - ch)
+        angle = -np.radians(rotation * (2 * u[4] - 1))  # sign as PIL's rotate
+        # output (x, y) -> crop (left + x*sx, top + y*sy) -> source pixel of the image rotated about its centre
+        cos, sin = np.cos(angle), np.sin(angle)
+        cx, cy = w / 2, h / 2
+        sx, sy = cw / out_w, ch / out_h
+        x0, y0 = left - cx, top - cy
+        matrices = np.stack([cos * sx, sin * sy, cos * x0 + sin * y0 + cx,
+                             -sin * sx, cos * sy, -sin * x0 + cos * y0 + cy], axis=1)
+        return matrices, 1 + brightness * (2 * u[5] - 1), 1 + contrast * (2 * u[6] - 1)
+
+    def _augmented(self, img: Image.Image, draws: np.ndarray) -> np.ndarray:
+        """Random rotation + resized crop as one affine resampling of the output pixels, then jitter."""
+        _, _, brightness, contrast = self.augment
+        img = self.augment_source(img)
+        matrices, gains, spreads = self._plan(np.array([img.width]), np.array([img.height]), draws)
+        resample = self.resample if self.resample in (Image.NEAREST, Image.BILINEAR, Image.BICUBIC) else Image.BILINEAR
+        out_h, out_w = self.output_size
+        img = img.transform((out_w, out_h), Image.Transform.AFFINE, tuple(matrices[0]), resample=resample, fillcolor=0)
+        x = self._to_array(img)
+        if brightness > 0:
+            x *= np.float32(gains[0])
+        if contrast > 0:
+            mean = x.mean(dtype=np.float64)
+            x = (x - mean) * np.float32(spreads[0]) + np.float32(mean)
+        return np.clip(x, 0, 255, out=x)
+
+    def augment_spec(self, img: Image.Image, rng: "np.random.Generator | np.ndarray") -> dict[str, Any]:
+        """One item for :meth:`augment_batch`: the source tensor and the view's draws."""
+        return {"source": self.source_tensor(img), "draws": self.draws(rng)}
 
     def augment_batch(self, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """uint8 ``B x C x H x W`` augmented images from :meth:`augment_spec` draws, resampled together.
+        """uint8 ``B x C x H x W`` augmented images from :meth:`augment_spec` items, resampled together.
 
-        The same geometry and jitter as :meth:`raw` with the same draws, computed with one
-        ``grid_sample`` per source size. Torch's bicubic kernel differs from PIL's (interior pixels
-        within a few grey levels) and pixels straddling the image's edge blend into the zero fill
-        instead of being cut sharply. Per-item PIL work would cost a small model on a 1-2 core
-        machine a good share of its step.
+        The same geometry and jitter as :meth:`raw` with the same draws, planned for the whole
+        batch at once and computed with one ``grid_sample`` per source size. Torch's bicubic
+        kernel differs from PIL's (interior pixels within a few grey levels) and pixels straddling
+        the image's edge blend into the zero fill instead of being cut sharply. Per-item PIL work
+        would cost a small model on a 1-2 core machine a good share of its step.
         """
         import torch.nn.functional as F
 
@@ -182,30 +203,45 @@ class ImageTransform:
         out_h, out_w = self.output_size
         mode = {Image.NEAREST: "nearest", Image.BICUBIC: "bicubic"}.get(self.resample, "bilinear")
         channels = max(spec["source"].shape[0] for spec in specs)
+        heights = np.array([spec["source"].shape[1] for spec in specs])
+        widths = np.array([spec["source"].shape[2] for spec in specs])
+        matrices, gains, spreads = self._plan(widths, heights, np.stack([spec["draws"] for spec in specs]))
         out = torch.empty((len(specs), channels, out_h, out_w), dtype=torch.uint8)
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for i, spec in enumerate(specs):
-            by_size.setdefault(tuple(spec["source"].shape[1:]), []).append(i)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(zip(heights.tolist(), widths.tolist())):
+            by_size.setdefault(size, []).append(i)
         for (height, width), rows in by_size.items():
             src = torch.stack([specs[i]["source"].expand(channels, -1, -1) for i in rows]).float()
             # PIL's matrix maps output pixel-centre coordinates (u + 0.5, v + 0.5) to source ones; in the
             # [-1, 1] coordinates of affine_grid / grid_sample (align_corners=False) it becomes theta.
-            a, b, c, d, e, f = np.array([specs[i]["affine"] for i in rows], dtype=np.float64).T
+            a, b, c, d, e, f = matrices[rows].T
             theta = np.stack([
                 np.stack([a * out_w / width, b * out_h / width, (a * out_w + b * out_h + 2 * c) / width - 1], -1),
                 np.stack([d * out_w / height, e * out_h / height, (d * out_w + e * out_h + 2 * f) / height - 1], -1),
             ], axis=1)
-            grid = F.affine_grid(torch.from_numpy(theta).float(), [len(rows), channels, out_h, out_w],
-                                 align_corners=False)
+            grid = _affine_grid(torch.from_numpy(theta).float(), out_h, out_w)
             img = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)
-            jitter = torch.tensor([specs[i]["jitter"] for i in rows], dtype=torch.float32)
             if brightness > 0:
-                img = img * jitter[:, 0, None, None, None]
+                img = img * torch.from_numpy(gains[rows]).float()[:, None, None, None]
             if contrast > 0:
                 mean = img.double().mean(dim=(1, 2, 3), keepdim=True).float()
-                img = (img - mean) * jitter[:, 1, None, None, None] + mean
+                img = (img - mean) * torch.from_numpy(spreads[rows]).float()[:, None, None, None] + mean
             out[rows] = img.clamp_(0, 255).round_().to(torch.uint8)
         return out
+
+
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [B, C, height, width], align_corners=False)`` computed by broadcasting.
+
+    The same sampling grid (to float rounding) several times faster on a CPU: ``affine_grid``
+    multiplies a ``B x H*W x 3`` base grid by ``theta`` with a batched matmul whose inner size
+    of 3 makes it slow, and it costs as much as the resampling itself for a small model's batch.
+    """
+    x = (torch.arange(width, dtype=torch.float32) * 2 + 1) / width - 1  # pixel centres in [-1, 1]
+    y = (torch.arange(height, dtype=torch.float32) * 2 + 1) / height - 1
+    t = theta.to(torch.float32)[:, :, :, None, None]  # B x 2 x 3 x 1 x 1
+    grid = t[:, :, 0] * x[None, None, None, :] + t[:, :, 1] * y[None, None, :, None] + t[:, :, 2]
+    return grid.permute(0, 2, 3, 1)  # B x H x W x 2, as (x, y) pairs
 
 
 def _image_processor(processor: Any) -> Any:
