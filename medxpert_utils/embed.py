@@ -165,7 +165,7 @@ def _autocast(device: "torch.device", mixed_precision: str = "auto"):
 
 
 def _progress(total: int, desc: str, unit: str, show: bool):
-    from tqdm.auto import tqdm
+    from medxpert_utils.progress import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not show, dynamic_ncols=True)
 

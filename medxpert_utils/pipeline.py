@@ -160,15 +160,22 @@ def kernel_manager_class() -> type:
 
     The kernel and papermill share this machine, and ipykernel warns at every start that TCP
     without CurveZMQ keys sends everything in plain text; Unix sockets under the Jupyter runtime
-    folder avoid both the open ports and the warning.
+    folder avoid both the open ports and the warning. Kernels start with ``MEDXPERT_BATCH=1``, so
+    progress bars print text that the executed notebook keeps (:mod:`medxpert_utils.progress`).
     """
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
+
+    from medxpert_utils.progress import BATCH_ENV
 
     class IPCKernelManager(AsyncKernelManager):
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        async def _async_pre_start_kernel(self, **kw: Any) -> Any:
+            kw["env"] = {**kw.get("env", os.environ), BATCH_ENV: "1"}
+            return await super()._async_pre_start_kernel(**kw)
 
     return IPCKernelManager
 

@@ -558,7 +558,7 @@ class _Trainer:
 
     def train(self, stop_after_steps: int | None = None) -> None:
         """Run epochs from the current position until the planned steps are done or time runs out."""
-        from tqdm.auto import tqdm
+        from medxpert_utils.progress import tqdm
 
         from medxpert_utils.data.prefetch import prefetched
 

@@ -1,6 +1,7 @@
 """The papermill chain on throw-away notebooks: order, failure report, run.json, resume, history."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -103,7 +104,17 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
     _notebook(folder / "00_transport.ipynb",
               "from pathlib import Path\nfrom ipykernel.connect import get_connection_info\n"
               "Path(RUN).mkdir(parents=True, exist_ok=True)\n"
-              "(Path(RUN) / 'transport.txt').write_text(get_connection_info(unpack=True)['transport'])\n")
+              "(Path(RUN) / 'transport.txt').write_text(get_connection_info(unpack=True)['transport'])\n"
+              "from medxpert_utils.progress import tqdm\n"
+              "for _ in tqdm(range(7), desc='steps'):\n    pass\n")
     monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
+    monkeypatch.delenv("MEDXPERT_BATCH", raising=False)
     pipeline.run_chain("params/demo.yaml", run="ipc", log=lambda message: None)
     assert (isolated_dirs / "ipc" / "transport.txt").read_text() == "ipc"  # no TCP ports, no plain-text warning
+    # batch kernels print text bars whose last state the executed notebook keeps (not a widget's "0%")
+    executed = json.loads((isolated_dirs / "ipc" / "notebooks" / "00_transport.ipynb").read_text())
+    outputs = [out for cell in executed["cells"] for out in cell.get("outputs", [])]
+    text = "".join("".join(out.get("text", "")) for out in outputs if out["output_type"] == "stream")
+    assert "steps: 100%" in text and "7/7" in text
+    assert not any(out["output_type"] == "display_data" for out in outputs)
+    assert "MEDXPERT_BATCH" not in os.environ  # the caller's environment is left alone

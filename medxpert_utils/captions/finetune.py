@@ -182,7 +182,7 @@ class TimeAwareCosine:
 def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, device, dtype, total_steps: int,
            progress: bool) -> dict[str, Any]:
     import torch
-    from tqdm.auto import tqdm
+    from medxpert_utils.progress import tqdm
 
     from medxpert_utils.pretrained import save_pretrained
 

@@ -222,7 +222,7 @@ class Captioner:
 
     def _caption(self, images: Sequence[Any], size: int, device, progress: bool) -> list[str]:
         import torch
-        from tqdm.auto import tqdm
+        from medxpert_utils.progress import tqdm
 
         out: list[str] = []
         for start in tqdm(range(0, len(images), size), desc=f"captions ({self.name})", disable=not progress, leave=False):

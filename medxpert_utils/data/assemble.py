@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from medxpert_utils.progress import tqdm
 
 from medxpert_utils.config import Config
 from medxpert_utils.data import manifest as mf

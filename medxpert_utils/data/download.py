@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from tqdm import tqdm
+from medxpert_utils.progress import tqdm
 
 from medxpert_utils import io
 from medxpert_utils.errors import MissingModelError, UserError

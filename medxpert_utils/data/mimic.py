@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from medxpert_utils.progress import tqdm
 
 from medxpert_utils import io
 from medxpert_utils.config import Config

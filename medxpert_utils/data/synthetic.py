@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
-from tqdm import tqdm
+from medxpert_utils.progress import tqdm
 
 from medxpert_utils import io
 from medxpert_utils.data.labels import CHEXPERT_LABELS

@@ -189,7 +189,7 @@ def generate_reports(cfg, n_cases: int | None = None, generator: str = "auto", m
     """Reports for the first ``n_cases`` studies of ``split`` from their images (caption + retrieval,
     leave-one-out), written to ``reports/reports.jsonl``, ``reports/<study_id>.html`` and scored into
     ``metrics/reports.json``. Unreadable images are skipped and counted."""
-    from tqdm.auto import tqdm
+    from medxpert_utils.progress import tqdm
 
     from medxpert_utils.data import manifest
     from medxpert_utils.data.labels import CHEXPERT_LABELS
