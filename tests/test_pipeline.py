@@ -115,6 +115,6 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
     executed = json.loads((isolated_dirs / "ipc" / "notebooks" / "00_transport.ipynb").read_text())
     outputs = [out for cell in executed["cells"] for out in cell.get("outputs", [])]
     text = "".join("".join(out.get("text", "")) for out in outputs if out["output_type"] == "stream")
-    assert "steps: 100%" in text and "7/7" in text
+    assert "steps: 100%" in text and "7/7" in text and "  0%" not in text
     assert not any(out["output_type"] == "display_data" for out in outputs)
     assert "MEDXPERT_BATCH" not in os.environ  # the caller's environment is left alone

@@ -12,10 +12,12 @@ def test_batch_runs_get_text_bars_that_keep_their_last_line(monkeypatch):
     out = io.StringIO()
     bar = progress.tqdm(range(3), desc="epoch 1/2", file=out, leave=False, dynamic_ncols=True)
     assert bar.mininterval == progress.BATCH_INTERVAL_S and bar.ncols == 100
-    for _ in bar:
-        pass
-    last = out.getvalue().split("\r")[-1]
-    assert "epoch 1/2: 100%" in last and "3/3" in last and last.endswith("\n")  # left in place
+    for step in bar:
+        bar.set_postfix(loss=f"{3 - step:.3f}")
+    printed = [line for line in out.getvalue().split("\r") if line.strip()]
+    assert len(printed) == 1  # a short bar: no empty start, no line per postfix change
+    assert "epoch 1/2: 100%" in printed[0] and "3/3" in printed[0] and "loss=1.000" in printed[0]
+    assert printed[0].endswith("\n")  # left in place
 
 
 def test_interactive_sessions_keep_tqdm_auto(monkeypatch):
