@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -55,7 +54,9 @@ import torch
 
 from medxpert_utils import io
 from medxpert_utils.contrastive import clip_loss, label_aware_targets, retrieval_recall, retrieval_top1  # noqa: F401
+from medxpert_utils.distributed import Distributed
 from medxpert_utils.errors import UserError
+from medxpert_utils.train_state import CHECKPOINT_NAME, load_checkpoint, rng_state, run_key, save_checkpoint, set_rng_state
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 
 LOG_SCALE_MAX = math.log(100.0)
 VAL_METRICS = ("val_loss", "val_i2t_acc", "val_t2i_acc", "val_i2t_r10", "val_t2i_r10")
-CHECKPOINT_NAME = "last.pt"
 _PROBE_BATCHES = 4
 
 
@@ -92,69 +92,6 @@ class TrainOutputs:
     @classmethod
     def under(cls, folder: Path) -> "TrainOutputs":
         return cls(folder / "clip", folder / "checkpoints", folder / "train.json", folder / "training_curves.png")
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every process's gradient for the local slice (as in SimCLR/open_clip)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        import torch.distributed as dist
-
-        parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
-        return tuple(parts)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        stacked = torch.stack(grads)
-        dist.all_reduce(stacked)
-        return stacked[dist.get_rank()]
-
-
-class _Dist:
-    """Several processes under ``accelerate launch``: the Accelerator, rank and gather helpers."""
-
-    def __init__(self, accelerator: Any):
-        self.acc = accelerator
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.is_main = accelerator.is_main_process
-
-    @classmethod
-    def create(cls, device_pref: str) -> "_Dist | None":
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return None
-        from accelerate import Accelerator
-
-        return cls(Accelerator(cpu=device_pref == "cpu"))
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate every process's ``x`` along dim 0 (sizes may differ: skipped images); gradients flow
-        back to each process's own rows."""
-        import torch.distributed as dist
-
-        n = torch.tensor([x.shape[0]], device=x.device)
-        sizes = [torch.zeros_like(n) for _ in range(self.world)]
-        dist.all_gather(sizes, n)
-        sizes = [int(size) for size in sizes]
-        if x.shape[0] < max(sizes):
-            x = torch.cat([x, x.new_zeros(max(sizes) - x.shape[0], *x.shape[1:])])
-        parts = _GatherWithGrad.apply(x.contiguous())
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
-
-    def any(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
-        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
-
-    def broadcast(self, obj: Any) -> Any:
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([obj])[0]
-
-    def barrier(self) -> None:
-        self.acc.wait_for_everyone()
 
 
 @contextlib.contextmanager
@@ -220,61 +157,7 @@ def _val_frame(frame: "pd.DataFrame", max_pairs: int | None, seed: int) -> "pd.D
     return val.reset_index(drop=True)
 
 
-def _data_fingerprint(frame: "pd.DataFrame") -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path, report in zip(frame["image_path"].astype(str), frame["report"].fillna("").astype(str)):
-        digest.update(f"{os.path.basename(path)}\x1f{report}\x1e".encode("utf-8"))
-    return digest.hexdigest()[:16]
-
-
-def _run_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame", processes: int) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed (settings that do not change results are left out)."""
-    train_params = cfg.train.model_dump(mode="json")
-    for volatile in ("resume", "checkpoint_every_steps", "num_workers", "compare_losses_minutes", "image_cache_mb"):
-        train_params.pop(volatile, None)
-    return {"train": train_params, "clip": cfg.clip.model_dump(mode="json"), "seed": cfg.seed,
-            "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
-            "train_data": _data_fingerprint(train), "val_data": _data_fingerprint(val), "processes": processes}
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    with io.atomic_path(folder / CHECKPOINT_NAME, suffix=".pt") as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(folder: Path, key: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
-    path = folder / CHECKPOINT_NAME
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged file must not block a fresh start
-        log(f"ignoring unreadable checkpoint {path} ({exc.__class__.__name__}); training from the start")
-        return None
-    if state.get("key") != key:
-        log(f"checkpoint {path} was made with other params or data; training from the start")
-        return None
-    return state
-
-
-def _plan_steps(budget_s: float, steps_per_epoch: int, epochs: int, step_s: float, val_s: float) -> int:
+def plan_steps(budget_s: float, steps_per_epoch: int, epochs: int, step_s: float, val_s: float) -> int:
     """Most optimiser steps whose training and validation time fit ``budget_s`` (at least 1)."""
     def cost(steps: int) -> float:  # validation runs after every (possibly partial) epoch
         return steps * step_s + math.ceil(steps / steps_per_epoch) * val_s
@@ -301,7 +184,7 @@ class _Trainer:
 
         self.t0 = time.perf_counter()
         self.cfg, self.tp, self.outputs, self.progress, self.log = cfg, cfg.train, outputs, progress, log
-        self.dist = _Dist.create(cfg.device)
+        self.dist = Distributed.create(cfg.device)
         self.is_main = self.dist is None or self.dist.is_main
         self.device = self.dist.acc.device if self.dist else runtime.get_device(cfg.device)
         self.amp_dtype = runtime.autocast_dtype(self.device, self.tp.mixed_precision)
@@ -317,7 +200,7 @@ class _Trainer:
         if self.dist:
             self.dist.barrier()
             self.base = clip.prepare_base_model(cfg) if not self.is_main else self.base  # reuses the built folder
-        self.key = _run_key(cfg, self.base, self.train_df, self.val_df, self.dist.world if self.dist else 1)
+        self.key = run_key(cfg, self.base, self.train_df, self.val_df, self.dist.world if self.dist else 1)
         self.model, self.processor = clip.load_clip(self.base, self.device)
         clip.freeze_vision_layers(self.model, self.tp.freeze_vision_layers)
         self.counts = clip.count_parameters(self.model)
@@ -474,7 +357,7 @@ class _Trainer:
         return {
             "key": self.key, "finished": finished, "model": self.core.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": self.step, "epoch": self.epoch,
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
             "zero_shot": self.zero_shot, "planned_steps": self.planned_steps, "elapsed": self.elapsed(),
             "epoch_stats": self.epoch_stats, "skipped_train": self.skipped_train, "val_seconds": self.val_seconds,
@@ -495,11 +378,11 @@ class _Trainer:
         self.t0 = time.perf_counter()
         self.stopped_early = state.get("stopped_early")
         self.step_seconds = state.get("step_seconds")
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def checkpoint(self, finished: bool = False) -> None:
         if self.is_main:
-            _save_checkpoint(self.outputs.checkpoints, self.state_dict(finished))
+            save_checkpoint(self.outputs.checkpoints, self.state_dict(finished))
 
     def _save_best(self) -> None:
         from medxpert_utils.pretrained import save_pretrained
@@ -520,7 +403,7 @@ class _Trainer:
         if self.tp.max_minutes is not None:
             step_s = self._probe_step_seconds()
             budget = self.tp.max_minutes * 60 * 0.95 - self.elapsed()  # 5% kept for saving and stragglers
-            total = min(total, _plan_steps(budget, self.steps_per_epoch, self.tp.epochs, step_s, self.val_seconds))
+            total = min(total, plan_steps(budget, self.steps_per_epoch, self.tp.epochs, step_s, self.val_seconds))
         if self.dist:
             total = self.dist.broadcast(total)
         self.planned_steps = max(1, total)
@@ -695,7 +578,7 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
     Writes the best model to ``models/clip/`` (``save_pretrained``), the metrics and the curves.
     Resumes from ``checkpoints/last.pt`` when ``train.resume`` and the checkpoint matches these
     params; a finished checkpoint returns its recorded result without training. ``outputs``
-    redirects every write (used by :func:`compare_losses`); ``stop_after_steps`` is a test hook
+    redirects every write (used by :func:`medxpert_utils.train_compare.compare_losses`); ``stop_after_steps`` is a test hook
     that raises :class:`TrainingInterrupted` after that optimiser step; ``evaluate_base=False``
     skips the zero-shot validation (``zero_shot`` stays empty).
     """
@@ -707,7 +590,7 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
     single_cpu = int(os.environ.get("WORLD_SIZE", "1")) <= 1 and runtime.get_device(cfg.device).type == "cpu"
     with _deterministic(single_cpu):
         trainer = _Trainer(cfg, outputs, progress, log)
-        state = _load_checkpoint(outputs.checkpoints, trainer.key, log) if cfg.train.resume else None
+        state = load_checkpoint(outputs.checkpoints, trainer.key, log) if cfg.train.resume else None
         if state is not None and state.get("finished") and (outputs.model_dir / "config.json").is_file():
             trainer.load_state(state)
             log(f"training already finished at step {trainer.step} (checkpoint {outputs.checkpoints / CHECKPOINT_NAME}); "
@@ -722,85 +605,6 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
         trainer.train(stop_after_steps=stop_after_steps)
         trainer.checkpoint(finished=True)
         return _write_results(trainer)
-
-
-def accuracy_table(result: dict[str, Any], untrained_base: bool | None = None) -> "pd.DataFrame":
-    """Validation retrieval of the base model before training next to the fine-tuned best checkpoint.
-
-    Two reference rows: a random ranking, and ranking the most frequent report first for every
-    image -- a collapsed model scores that image->text top-1 without having learnt anything.
-    """
-    import pandas as pd
-
-    untrained = result.get("zero_shot_untrained") if untrained_base is None else untrained_base
-    best = result.get("best") or {}
-    columns = {"val_i2t_acc": "image→text top-1", "val_t2i_acc": "text→image top-1",
-               "val_i2t_r10": "image→text R@10", "val_t2i_r10": "text→image R@10"}
-    before = "untrained (random init)" if untrained else f"zero-shot ({result.get('base_model')})"
-    after = f"fine-tuned (best: epoch {result.get('best_epoch')}, step {best.get('step')})"
-    chance = {"val_i2t_acc": result.get("val_chance_i2t"), "val_i2t_r10": result.get("val_chance_i2t_r10")}
-    majority = {"val_i2t_acc": result.get("val_majority_i2t")}
-    rows = {before: result["zero_shot"], after: best, "chance (random ranking)": chance,
-            "most frequent report for every image": majority}
-    return pd.DataFrame([{label: metrics.get(key) for key, label in columns.items()} for metrics in rows.values()],
-                        index=pd.Index(list(rows), name="model"))
-
-
-def derived_config(cfg: "Config", overrides: dict[str, Any]) -> "Config":
-    """The same run's Config with dotted ``overrides`` applied (validated like params files)."""
-    from medxpert_utils.config import Config, apply_overrides, parse_params
-
-    params = parse_params(apply_overrides(cfg.to_dict(), overrides), source="overrides")
-    return Config(params, cfg.run_dir, cfg.params_path, {**cfg.overrides, **overrides})
-
-
-def compare_losses(cfg: "Config", minutes: float, progress: bool = True) -> "pd.DataFrame":
-    """Train InfoNCE and the label-aware loss from the same base for the same steps; compare on val.
-
-    ``minutes`` (per loss) becomes a number of optimiser steps from the pace the run's main
-    training recorded in ``metrics/train.json`` (validation passes included); without it the
-    first loss trains for ``minutes`` and the second gets as many steps. Both start from the
-    run's base model and skip its zero-shot validation. Outputs go to
-    ``<run>/compare_losses/<loss>/`` (the run's own model is untouched); the table also to
-    ``metrics/compare_losses.json``.
-    """
-    import pandas as pd
-
-    steps = _steps_for_minutes(cfg, minutes)
-    rows = []
-    for loss in ("infonce", "label_aware"):
-        overrides: dict[str, Any] = {"train.loss": loss}
-        if steps is None:
-            overrides["train.max_minutes"] = float(minutes)
-        else:
-            overrides.update({"train.max_minutes": None, "train.max_steps": steps})
-        result = fit(derived_config(cfg, overrides), progress=progress, evaluate_base=False,
-                     outputs=TrainOutputs.under(cfg.run_dir / "compare_losses" / loss))
-        steps = steps or result["steps"]
-        best = result["best"] or {}
-        la = cfg.train.label_aware
-        targets = ("own pair only" if loss == "infonce" else "same report" + (
-            f" + same labels x{la.label_weight:g}" if la.same_labels and la.label_weight > 0 else ""))
-        rows.append({"loss": loss, "positives": targets, "steps": result["steps"], "val_i2t_acc": best.get("val_i2t_acc"),
-                     "val_t2i_acc": best.get("val_t2i_acc"), "val_i2t_r10": best.get("val_i2t_r10"),
-                     "val_t2i_r10": best.get("val_t2i_r10"), "train_s": round(result["wall_s"], 1)})
-    table = pd.DataFrame(rows)
-    io.write_json(cfg.paths.metrics / "compare_losses.json",
-                  {"minutes": minutes, "label_aware": cfg.train.label_aware.model_dump(mode="json"), "rows": rows})
-    return table
-
-
-def _steps_for_minutes(cfg: "Config", minutes: float) -> int | None:
-    """Optimiser steps (with their validations) that fit ``minutes`` at the pace the main training recorded."""
-    path = cfg.paths.metrics / "train.json"
-    if not path.is_file():
-        return None
-    recorded = io.read_json(path)
-    step_s, spe = recorded.get("step_seconds"), recorded.get("steps_per_epoch")
-    if not step_s or not spe:
-        return None
-    steps = _plan_steps(minutes * 60, spe, cfg.train.epochs, step_s, recorded.get("val_seconds") or 0.0)
-    return steps if cfg.train.max_steps is None else min(steps, cfg.train.max_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

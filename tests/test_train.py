@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medxpert_utils import config, io, runs, train
+from medxpert_utils import config, io, runs, train, train_compare
 from medxpert_utils.clip import load_clip
 
 # smoke.yaml's model sizes (hidden 32, one layer per tower, 32 px) on a 40-study synthetic set.
@@ -160,10 +160,10 @@ def test_accuracy_table_labels_the_untrained_base():
     metrics = {"val_i2t_acc": 0.2, "val_t2i_acc": 0.1, "val_i2t_r10": 0.6, "val_t2i_r10": 0.5}
     result = {"zero_shot": dict.fromkeys(metrics, 0.01), "best": {**metrics, "step": 40}, "best_epoch": 4,
               "zero_shot_untrained": True, "base_model": "tiny", "val_chance_i2t": 0.01, "val_chance_i2t_r10": 0.1}
-    table = train.accuracy_table(result)
+    table = train_compare.accuracy_table(result)
     assert table.index[0] == "untrained (random init)" and "epoch 4, step 40" in table.index[1]
     assert table.loc[table.index[1], "image→text R@10"] == 0.6
-    assert train.accuracy_table(result, untrained_base=False).index[0] == "zero-shot (tiny)"
+    assert train_compare.accuracy_table(result, untrained_base=False).index[0] == "zero-shot (tiny)"
     assert table.loc["chance (random ranking)", "image→text R@10"] == 0.1
 
 
@@ -205,10 +205,10 @@ def test_replanning_fits_the_remaining_time():
 
 
 def test_plan_steps_fits_the_budget():
-    assert train._plan_steps(1000, 10, 3, 1.0, 5.0) == 30
-    assert train._plan_steps(26, 10, 3, 1.0, 5.0) == 16  # 16 steps + 2 validations = 26 s
-    assert train._plan_steps(1, 10, 3, 1.0, 5.0) == 1
-    assert train._plan_steps(20.5, 10, 3, 1.0, 5.0) == 10  # 11 steps would need a second validation (21 s)
+    assert train.plan_steps(1000, 10, 3, 1.0, 5.0) == 30
+    assert train.plan_steps(26, 10, 3, 1.0, 5.0) == 16  # 16 steps + 2 validations = 26 s
+    assert train.plan_steps(1, 10, 3, 1.0, 5.0) == 1
+    assert train.plan_steps(20.5, 10, 3, 1.0, 5.0) == 10  # 11 steps would need a second validation (21 s)
 
 
 # ------------------------------------------------------------------------------------------ fit
@@ -322,7 +322,7 @@ def test_time_budget_plans_the_schedule(tmp_path, manifest_file):
 @pytest.mark.slow
 def test_compare_losses_trains_both_with_equal_steps(tmp_path, manifest_file):
     cfg = make_run(tmp_path, manifest_file, **{"train.max_steps": 4, "train.label_aware.same_labels": True})
-    table = train.compare_losses(cfg, minutes=0.1, progress=False)  # no main run yet: the first loss is timed
+    table = train_compare.compare_losses(cfg, minutes=0.1, progress=False)  # no main run yet: the first loss is timed
     assert table["loss"].tolist() == ["infonce", "label_aware"]
     assert table["positives"].tolist() == ["own pair only", "same report + same labels x0.5"]
     assert table["steps"].nunique() == 1
@@ -333,9 +333,9 @@ def test_compare_losses_trains_both_with_equal_steps(tmp_path, manifest_file):
     assert (cfg.paths.metrics / "compare_losses.json").is_file()
     assert not cfg.paths.clip_finetuned.exists()  # the run's own model is untouched
     main = train.fit(cfg, progress=False)
-    expected = train._plan_steps(0.1 * 60, main["steps_per_epoch"], cfg.train.epochs, main["step_seconds"],
+    expected = train.plan_steps(0.1 * 60, main["steps_per_epoch"], cfg.train.epochs, main["step_seconds"],
                                  main["val_seconds"])
-    assert train._steps_for_minutes(cfg, 0.1) == min(expected, 4)
+    assert train_compare.steps_for_minutes(cfg, 0.1) == min(expected, 4)
 
 
 @pytest.mark.slow
