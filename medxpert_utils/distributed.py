@@ -47,7 +47,15 @@ class Distributed:
             return None
         from accelerate import Accelerator
 
-        return cls(Accelerator(cpu=device_pref == "cpu"))
+        from medxpert_utils.runtime import get_device
+
+        # Accelerator(cpu=False) on a machine without a GPU falls back to one process (world 1) although
+        # torchrun started several: ask for the CPU backend whenever the device resolves to the CPU.
+        accelerator = Accelerator(cpu=get_device(device_pref).type == "cpu")
+        if accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
+            raise RuntimeError(f"accelerate sees {accelerator.num_processes} processes but WORLD_SIZE is "
+                               f"{os.environ['WORLD_SIZE']}: start with `accelerate launch` or `torchrun`")
+        return cls(accelerator)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenate every process's ``x`` along dim 0 (sizes may differ: skipped images); gradients flow

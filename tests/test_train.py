@@ -361,3 +361,34 @@ def test_training_curves_figure(tmp_path):
     assert len(fig.axes) == 2 and any("untrained" in t.get_text() for t in fig.axes[1].get_legend().get_texts())
     training_curves([], tmp_path / "empty.png")
     assert np.isfinite(fig.axes[0].get_lines()[0].get_ydata()).all()
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path, manifest_file, session_data_dir):
+    # torchrun on CPU (gloo): 2 processes x 4 pairs see the same global batches as 1 process x 8 pairs; the
+    # gathered embeddings make the loss and, after DDP's averaging, the gradients those of the global batch.
+    import os
+    import subprocess
+    import sys
+
+    steps = {"train.max_steps": 3, "train.max_minutes": None}
+    single = train.fit(make_run(tmp_path, manifest_file, "single", **steps), progress=False)
+    cfg = make_run(tmp_path, manifest_file, "ddp", **steps, **{"train.batch_size": 4})
+    sets = [f"{key}={'null' if value is None else value}" for key, value in {**TINY_RUN, **steps}.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "medxpert_utils.train",
+               "--", "--params", "smoke", "--run", str(cfg.run_dir), "--no-progress",
+               *[arg for item in [*sets, "train.batch_size=4"] for arg in ("--set", item)]]
+    env = {**os.environ, "MEDXPERT_DATA": str(session_data_dir), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = io.read_json(cfg.paths.metrics / "train.json")
+    assert ddp["processes"] == 2 and ddp["steps"] == single["steps"] == 3
+    for a, b in zip(ddp["history"], single["history"], strict=True):
+        assert (a["epoch"], a["step"], a["lr"]) == (b["epoch"], b["step"], b["lr"])
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+        assert abs(a["val_i2t_acc"] - b["val_i2t_acc"]) <= 1 / single["n_val"]  # at most one near-tie flips
+    one, two = _weights(tmp_path / "single" / "models" / "clip"), _weights(cfg.paths.clip_finetuned)
+    base = _weights(cfg.paths.clip_base)
+    moved = max(float((one[k] - base[k]).abs().max()) for k in one)
+    apart = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert moved > 1e-3 and apart < 5e-5  # float summation order aside, the same training
