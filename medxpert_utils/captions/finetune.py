@@ -203,8 +203,11 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
     for epoch in range(1, params.epochs + 1):
         model.train()
         losses, aux_losses = [], []
-        bar = tqdm(train_loader, desc=f"BLIP epoch {epoch}/{params.epochs}", disable=not progress, leave=False)
-        for batch in bar:
+        # counted by hand and closed here: a bar wrapping the loader shows a stale count when the loop breaks
+        bar = tqdm(total=len(train_loader), desc=f"BLIP epoch {epoch}/{params.epochs}", disable=not progress,
+                   leave=False)
+        for batch in train_loader:
+            bar.update(1)
             if batch is None:
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -230,6 +233,7 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
             if budget and time.monotonic() - train_start > budget:
                 stopped = "max_minutes"
                 break
+        bar.close()
         val_loss = evaluate_loss(model, val_loader, device, dtype)
         history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else math.nan,
                         "train_label_loss": float(np.mean(aux_losses)) if aux_losses else None,
