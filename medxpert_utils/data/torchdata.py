@@ -129,7 +129,8 @@ class ClipCollate:
     Each distinct report is tokenised once (truncated at ``max_length``, unpadded) and kept, up to
     ``max_cached_texts`` of them; batches are then padded from the kept ids, which gives exactly
     what the tokenizer's ``padding="longest"`` call gives. Medical reports repeat, and tokenising
-    every batch again would cost a small model a few percent of its step on every epoch.
+    every batch again would cost a small model a few percent of its step on every epoch. Ids are kept
+    as int32: MIMIC-CXR's ~200k distinct reports of ~100 tokens take ~80 MB per loader process.
     """
 
     def __init__(self, tokenizer: Any, max_length: int, transform: ImageTransform | None = None,
@@ -151,7 +152,7 @@ class ClipCollate:
         found = {}
         if missing:
             enc = self.tokenizer(missing, truncation=True, max_length=self.max_length)
-            found = {text: np.asarray(ids, dtype=np.int64) for text, ids in zip(missing, enc["input_ids"])}
+            found = {text: np.asarray(ids, dtype=np.int32) for text, ids in zip(missing, enc["input_ids"])}
             room = max(0, self.max_cached_texts - len(self._ids))
             self._ids.update(dict(list(found.items())[:room]))
         seqs = [self._ids.get(text, found.get(text)) for text in texts]
