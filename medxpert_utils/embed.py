@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,21 +290,29 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
 
     Reuses the saved files when their cache key matches (same model files, manifest and
     preprocessing params) unless ``force``. The run summary (rows, dim, seconds) is kept
-    in ``cache_key.json`` under ``stats``.
+    in ``cache_key.json`` under ``stats``. Under ``accelerate launch`` / ``torchrun`` with several
+    processes each embeds its contiguous share of the rows on its own device and the main process
+    assembles and writes the files (a folder all processes can read, as on one machine).
     """
     from medxpert_utils import clip, runtime
     from medxpert_utils.data import manifest
+    from medxpert_utils.distributed import Distributed
 
     frame = manifest.read(cfg.run_dir)
     spec = _model_spec(cfg, model_name)
     key = cache_key(cfg, model_name, spec, frame)
     out = cfg.paths.embeddings(model_name)
+    dist = Distributed.create(cfg.device)
+    is_main = dist is None or dist.is_main
     if not force and is_cached(out, key):
-        _refresh_paths(out, frame)
-        for folder in (out, out / CORPUS_DIR):  # a copied run: record where its model lives now
-            saved = io.read_json(folder / CACHE_KEY_FILE)
-            if saved.get("model_spec") != spec:
-                io.write_json(folder / CACHE_KEY_FILE, {**saved, "model_spec": spec})
+        if is_main:
+            _refresh_paths(out, frame)
+            for folder in (out, out / CORPUS_DIR):  # a copied run: record where its model lives now
+                saved = io.read_json(folder / CACHE_KEY_FILE)
+                if saved.get("model_spec") != spec:
+                    io.write_json(folder / CACHE_KEY_FILE, {**saved, "model_spec": spec})
+        if dist:
+            dist.barrier()
         return out
 
     eval_mask = (frame["split"] == cfg.embed.eval_split).to_numpy()
@@ -314,15 +323,21 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
     if not corpus_mask.any():
         raise UserError(f"the manifest has no rows in embed.corpus_splits {cfg.embed.corpus_splits} - fix params")
     positions = np.flatnonzero(eval_mask | corpus_mask)
+    mine = np.array_split(positions, dist.world)[dist.rank] if dist else positions
     t0 = time.perf_counter()
-    device = runtime.get_device(cfg.device)
+    device = dist.acc.device if dist else runtime.get_device(cfg.device)
     model, processor = clip.load_clip(spec, device)
     mixed = cfg.train.mixed_precision
     workers = runtime.default_num_workers(cfg.embed.num_workers)
-    image = embed_images(model, processor, frame["image_path"].to_numpy()[positions].tolist(),
-                         cfg.embed.batch_size, workers, device, mixed, progress)
-    text = embed_texts(model, processor, frame["report"].to_numpy()[positions].tolist(), cfg.embed.batch_size,
-                       cfg.clip.max_length, device, mixed, progress)
+    image = embed_images(model, processor, frame["image_path"].to_numpy()[mine].tolist(),
+                         cfg.embed.batch_size, workers, device, mixed, progress and is_main)
+    text = embed_texts(model, processor, frame["report"].to_numpy()[mine].tolist(), cfg.embed.batch_size,
+                       cfg.clip.max_length, device, mixed, progress and is_main)
+    if dist:
+        image, text = _gather_shares(dist, out, image, text)
+        if not is_main:
+            dist.barrier()  # returns once the main process has written the files
+            return out
     seconds = time.perf_counter() - t0
 
     (out / CACHE_KEY_FILE).unlink(missing_ok=True)  # no key while files are being replaced
@@ -331,10 +346,31 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
     _write_set(out / CORPUS_DIR, image[in_corpus], text[in_corpus], _row_table(frame, positions[in_corpus]))
     stats = {"eval_rows": int(in_eval.sum()), "corpus_rows": int(in_corpus.sum()), "dim": int(image.shape[1]),
              "distinct_reports": int(len(set(frame["report"].to_numpy()[positions]))),
-             "seconds": round(seconds, 2), "device": str(device)}
+             "seconds": round(seconds, 2), "device": str(device), "processes": dist.world if dist else 1}
     io.write_json(out / CORPUS_DIR / CACHE_KEY_FILE, {**key, "stats": stats})
     io.write_json(out / CACHE_KEY_FILE, {**key, "stats": stats})
+    if dist:
+        dist.barrier()
     return out
+
+
+def _gather_shares(dist: Any, out: Path, image: np.ndarray, text: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    """Every process's embeddings, in rank order, on the main process (None elsewhere), through files in
+    ``out/.shares/`` -- a few hundred MB for MIMIC-CXR, which collective pickling would hold several times."""
+    shares = out / ".shares"
+    shares.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(shares / f"rank{dist.rank}.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, image=image, text=text)  # a handle: given a path without ".npz", numpy adds one
+    dist.barrier()
+    if not dist.is_main:
+        return None, None
+    images, texts = [], []
+    for rank in range(dist.world):
+        with np.load(shares / f"rank{rank}.npz") as part:
+            images.append(part["image"])
+            texts.append(part["text"])
+    shutil.rmtree(shares, ignore_errors=True)
+    return np.concatenate(images), np.concatenate(texts)
 
 
 def _refresh_paths(out: Path, frame: pd.DataFrame) -> None:
@@ -363,3 +399,43 @@ def needs_embedding(cfg: "Config", model_name: str) -> bool:
     spec = _model_spec(cfg, model_name)
     key = cache_key(cfg, model_name, spec, manifest.read(cfg.run_dir))
     return not is_cached(cfg.paths.embeddings(model_name), key)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medxpert_utils.embed --params P --run R [--model M]`` (also under ``accelerate launch -m``)."""
+    import argparse
+    import sys
+
+    from medxpert_utils import clip, config
+    from medxpert_utils.cli import _overrides
+
+    parser = argparse.ArgumentParser(prog="python -m medxpert_utils.embed", description="Embed a run's evaluated "
+                                     "split and search corpus (notebook 02's embedding step); under `accelerate "
+                                     "launch -m` every process embeds its share.")
+    parser.add_argument("--params", default="params/demo.yaml", help="params YAML or profile name")
+    parser.add_argument("--run", help="run name under outputs/ or a path (default: the profile's name)")
+    parser.add_argument("--model", action="append", choices=["zero_shot", "fine_tuned"],
+                        help="model to embed with (repeatable; default: both)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param")
+    parser.add_argument("--force", action="store_true", help="recompute even when the saved files match")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.params, args.run or None, _overrides(args.set))
+        for name in args.model or list(clip.model_specs(cfg)):
+            out = embed_run(cfg, name, force=args.force, progress=not args.no_progress)
+            if int(os.environ.get("RANK", "0")) == 0:
+                stats = io.read_json(out / CACHE_KEY_FILE).get("stats", {})
+                print(f"{name}: {stats.get('eval_rows')} evaluated + {stats.get('corpus_rows')} corpus rows in "
+                      f"{stats.get('seconds')} s on {stats.get('processes', 1)} process(es) -> {out}")
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"medxpert embed: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

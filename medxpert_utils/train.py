@@ -34,7 +34,8 @@ Devices. One code path: a plain PyTorch loop on ``runtime.get_device`` (never ``
 global batch (``train.batch_size`` pairs per process) and the embeddings are all-gathered with
 gradients, so the loss sees every pair of the global batch as a negative and the gradient equals
 a single process's on the global batch. The main process validates and writes checkpoints and
-metrics; a checkpoint resumes only with the same number of processes (it is part of its key).
+metrics; an unfinished checkpoint resumes only with the same number of processes (it is part of its
+key), while a finished one is reused by any number -- the notebook finds a run trained by ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -354,7 +355,9 @@ class _Trainer:
             self.planned_steps = self.schedule.total = total
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
+        recorded = {"result": self.summary()} if finished else {}  # what another process count reuses
         return {
+            **recorded,
             "key": self.key, "finished": finished, "model": self.core.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "epoch": self.epoch,
@@ -557,8 +560,9 @@ class _Trainer:
         }
 
 
-def _write_results(trainer: _Trainer) -> dict[str, Any]:
-    result = trainer.summary()
+def _write_results(trainer: _Trainer, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write (on the main process) and return the run's result: ``trainer``'s summary unless given."""
+    result = trainer.summary() if result is None else result
     if trainer.is_main:
         io.write_json(trainer.outputs.metrics, result)
         if trainer.outputs.figure is not None:
@@ -592,9 +596,11 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
         trainer = _Trainer(cfg, outputs, progress, log)
         state = load_checkpoint(outputs.checkpoints, trainer.key, log) if cfg.train.resume else None
         if state is not None and state.get("finished") and (outputs.model_dir / "config.json").is_file():
-            trainer.load_state(state)
-            log(f"training already finished at step {trainer.step} (checkpoint {outputs.checkpoints / CHECKPOINT_NAME}); "
+            log(f"training already finished at step {state['step']} (checkpoint {outputs.checkpoints / CHECKPOINT_NAME}); "
                 "set train.resume=false or delete the checkpoint to train again")
+            if state["key"] != trainer.key:  # finished by another number of processes: its recorded result
+                return _write_results(trainer, state["result"])
+            trainer.load_state(state)
             return _write_results(trainer)
         if state is not None and not state.get("finished"):
             trainer.load_state(state)

@@ -74,7 +74,16 @@ def load_checkpoint(folder: Path, key: dict[str, Any], log: Callable[[str], None
     except Exception as exc:  # a damaged file must not block a fresh start
         log(f"ignoring unreadable checkpoint {path} ({exc.__class__.__name__}); training from the start")
         return None
-    if state.get("key") != key:
+    if not _same_run(state.get("key"), key, bool(state.get("finished") and "result" in state)):
         log(f"checkpoint {path} was made with other params or data; training from the start")
         return None
     return state
+
+
+def _same_run(saved: Any, key: dict[str, Any], finished: bool) -> bool:
+    """Same key; or, for a finished run, the same key but for the number of processes that trained it."""
+    if saved == key:
+        return True
+    if not finished or not isinstance(saved, dict):
+        return False
+    return {k: v for k, v in saved.items() if k != "processes"} == {k: v for k, v in key.items() if k != "processes"}

@@ -179,3 +179,28 @@ def test_unreadable_image_and_missing_model_are_clear(tiny_run, tmp_path):
         embed.embed_run(cfg, "fine_tuned", progress=False)
     with pytest.raises(RunNotReadyError, match="notebook 02"):
         embed.load_embeddings(cfg.paths.embeddings("fine_tuned"))
+
+
+def test_several_processes_embed_their_shares_into_the_same_files(tiny_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    copy = tmp_path / "run_copy"
+    shutil.copytree(tiny_run.run_dir, copy)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "medxpert_utils.embed",
+               "--", "--params", "smoke", "--run", str(copy), "--model", "fine_tuned", "--force", "--no-progress",
+               "--set", "embed.batch_size=8", "--set", "embed.num_workers=0"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if "[rank0]" in line)[-3000:]
+    assert "on 2 process(es)" in done.stdout
+    one, two = tiny_run.paths.embeddings("fine_tuned"), copy / "embeddings" / "fine_tuned"
+    for folder in ("", "corpus"):
+        for name in ("image.npy", "text.npy"):
+            a, b = np.load(one / folder / name), np.load(two / folder / name)
+            assert a.shape == b.shape and np.allclose(a, b, atol=1e-6)
+        assert pd.read_parquet(one / folder / "rows.parquet")["row"].tolist() == \
+            pd.read_parquet(two / folder / "rows.parquet")["row"].tolist()
+    assert io.read_json(two / "cache_key.json")["stats"]["processes"] == 2
+    assert not (two / ".shares").exists()

@@ -363,6 +363,17 @@ def test_training_curves_figure(tmp_path):
     assert np.isfinite(fig.axes[0].get_lines()[0].get_ydata()).all()
 
 
+def test_finished_checkpoints_serve_any_process_count_unfinished_ones_only_their_own():
+    from medxpert_utils.train_state import _same_run
+
+    key = {"train": {"lr": 1e-4}, "seed": 0, "train_data": "abc", "processes": 1}
+    assert _same_run(dict(key), key, finished=False)
+    assert _same_run({**key, "processes": 4}, key, finished=True)  # trained by accelerate launch, read by a notebook
+    assert not _same_run({**key, "processes": 4}, key, finished=False)  # loader positions differ mid-run
+    assert not _same_run({**key, "processes": 4, "seed": 1}, key, finished=True)
+    assert not _same_run(None, key, finished=True)
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path, manifest_file, session_data_dir):
     # torchrun on CPU (gloo): 2 processes x 4 pairs see the same global batches as 1 process x 8 pairs; the
@@ -392,3 +403,9 @@ def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path, mani
     moved = max(float((one[k] - base[k]).abs().max()) for k in one)
     apart = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert moved > 1e-3 and apart < 5e-5  # float summation order aside, the same training
+    # the notebook (one process) finds the finished run and reports it instead of training again
+    messages: list[str] = []
+    again = train.fit(cfg, progress=False, log=messages.append)
+    assert any("already finished" in m for m in messages)
+    assert again["processes"] == 2 and again["history"] == ddp["history"]
+    assert io.read_json(cfg.paths.metrics / "train.json")["history"] == ddp["history"]
