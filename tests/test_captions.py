@@ -144,6 +144,12 @@ def test_finetune_lowers_the_loss_and_captions_are_scored(caption_run):
     assert history["n_train"] == 40 and len(history["history"]) == 6
     assert (cfg.paths.blip / "config.json").is_file() and (cfg.paths.blip_base / "config.json").is_file()
     assert captions.available_models(cfg) == ["base", "fine_tuned"]
+    stamp = (cfg.paths.blip / "model.safetensors").stat().st_mtime_ns
+    assert captions.finetune(cfg, progress=False) == history  # a rerun reuses the finished fine-tuning...
+    assert (cfg.paths.blip / "model.safetensors").stat().st_mtime_ns == stamp
+    shorter = captions.finetune(cfg, progress=False, max_steps=2)  # ...but not one with other settings
+    assert shorter["steps"] == 2 and (cfg.paths.blip / "model.safetensors").stat().st_mtime_ns != stamp
+    history = captions.finetune(cfg, progress=False)  # back to the full run for the checks below
 
     frame = captions.caption_split(cfg, progress=False)
     assert list(frame.columns) == ["study_id", "image_path", "caption", "reference", "model"]

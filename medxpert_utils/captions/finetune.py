@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from medxpert_utils import io
 from medxpert_utils.captions.model import _rgb, load_blip, prepare_base_model, small_model_threads, _text_max_length
 from medxpert_utils.errors import ImageLoadError, UserError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from medxpert_utils.config import Config
 
 CACHE_BYTES = 2 * 2**30
@@ -21,6 +26,7 @@ VAL_MAX = 512  # validation pairs used for checkpoint selection (a seeded sample
 # otherwise learns the report language long before it learns to look: in trials it captioned every
 # phantom with the most common report.
 AUX_LABEL_WEIGHT = 1.0
+RECORD_FILE = "finetune.json"  # in models/blip/: the finished fine-tuning's key and result (rerun reuses it)
 
 
 class CaptionDataset:
@@ -121,6 +127,8 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
     ``captions.max_minutes``, whichever runs out first (:class:`TimeAwareCosine`); ``max_steps`` caps
     the steps (quick trials). Returns the history: validation loss before training and at its best,
     one row per epoch (caption loss, auxiliary label loss, validation caption loss), steps, skips.
+    The result is recorded beside the model (``models/blip/finetune.json``); a rerun with the same
+    params, base model and data returns it instead of training again.
     """
     from medxpert_utils import runtime
     from medxpert_utils.data import manifest
@@ -130,7 +138,6 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
     runtime.seed_everything(cfg.seed)
     device = runtime.get_device(cfg.device)
     dtype = runtime.autocast_dtype(device, "auto")
-    model, processor = load_blip(prepare_base_model(cfg), device)
     frame = manifest.read(cfg.run_dir)
     train = frame[frame["split"] == "train"]
     val = frame[frame["split"] == "val"]
@@ -138,6 +145,14 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
         val = val.sample(VAL_MAX, random_state=cfg.seed)
     if train.empty or val.empty:
         raise UserError("BLIP fine-tuning needs train and val rows in the manifest - check data.split")
+    base = prepare_base_model(cfg)
+    key = _finetune_key(cfg, base, train, val, max_steps)
+    recorded = _recorded_result(cfg, key)
+    if recorded is not None:
+        print(f"BLIP fine-tuning already finished ({recorded['steps']} steps; {cfg.paths.blip / RECORD_FILE}); delete "
+              f"{cfg.paths.blip} to train again", file=sys.stderr)
+        return recorded
+    model, processor = load_blip(base, device)
     cache = _cache_fits(len(train) + len(val), processor.image_processor)
     max_length = _text_max_length(cfg)
     targets = (train[list(CHEXPERT)].astype("Float32").fillna(0).to_numpy() == 1).astype(np.float32)
@@ -151,8 +166,34 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
     total_steps = params.epochs * steps_per_epoch if max_steps is None else min(max_steps, params.epochs * steps_per_epoch)
 
     with small_model_threads(model, device):
-        return _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, device, dtype, total_steps,
-                      progress)
+        result = _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, device, dtype, total_steps,
+                        progress)
+    io.write_json(cfg.paths.blip / RECORD_FILE, {"key": key, "result": result})  # after the last save of the model
+    return result
+
+
+def _finetune_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame",
+                  max_steps: int | None) -> dict[str, Any]:
+    """What a finished fine-tuning must match to be reused: the training params, base model and data."""
+    from medxpert_utils.train_state import data_fingerprint
+
+    captions = cfg.captions.model_dump(mode="json", include={"model", "epochs", "batch_size", "lr", "max_minutes",
+                                                             "max_new_tokens", "tiny"})
+    return {"captions": captions, "seed": cfg.seed, "max_steps": max_steps, "aux_label_weight": AUX_LABEL_WEIGHT,
+            "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
+            "train_data": data_fingerprint(train), "val_data": data_fingerprint(val)}
+
+
+def _recorded_result(cfg: "Config", key: dict[str, Any]) -> dict[str, Any] | None:
+    """The result of a finished fine-tuning with the same key whose model is still there, else None."""
+    path = cfg.paths.blip / RECORD_FILE
+    if not path.is_file() or not (cfg.paths.blip / "config.json").is_file():
+        return None
+    try:
+        saved = io.read_json(path)
+    except ValueError:
+        return None
+    return saved.get("result") if saved.get("key") == key else None
 
 
 class TimeAwareCosine:
@@ -182,9 +223,9 @@ class TimeAwareCosine:
 def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, device, dtype, total_steps: int,
            progress: bool) -> dict[str, Any]:
     import torch
-    from medxpert_utils.progress import tqdm
 
     from medxpert_utils.pretrained import save_pretrained
+    from medxpert_utils.progress import tqdm
 
     params = cfg.captions
     # Auxiliary finding head on the vision [CLS] output, used only while training (see AUX_LABEL_WEIGHT).
