@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from medxpert_utils.errors import UserError
 
@@ -33,6 +33,35 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
                 pass
         out[key.strip()] = parsed
     return out
+
+
+def stage_main(name: str, description: str, argv: Sequence[str] | None,
+               run: Callable[[Any, argparse.Namespace], None],
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line of a stage that also runs under ``accelerate launch -m`` (``train``, ``embed``).
+
+    ``--params``, ``--run``, ``--set``, ``--no-progress`` and ``--debug`` plus the stage's own
+    arguments; ``run(cfg, args)`` does the work. User mistakes print one line and exit 2.
+    """
+    from medxpert_utils import config
+
+    parser = argparse.ArgumentParser(prog=f"python -m medxpert_utils.{name}", description=description)
+    parser.add_argument("--params", default="params/demo.yaml", help="params YAML or profile name")
+    parser.add_argument("--run", help="run name under outputs/ or a path (default: the profile's name)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param, e.g. --set train.epochs=1")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(config.load(args.params, args.run or None, _overrides(args.set)), args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"medxpert {name}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -33,6 +33,11 @@ class _GatherWithGrad(torch.autograd.Function):
         return stacked[dist.get_rank()]
 
 
+def is_main_process() -> bool:
+    """True in the only process, or in rank 0 of several (before any Accelerator exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class Distributed:
     """Several processes under ``accelerate launch``: the Accelerator, rank and gather helpers."""
 
@@ -53,7 +58,9 @@ class Distributed:
         # torchrun started several: ask for the CPU backend whenever the device resolves to the CPU.
         accelerator = Accelerator(cpu=get_device(device_pref).type == "cpu")
         if accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
-            raise RuntimeError(f"accelerate sees {accelerator.num_processes} processes but WORLD_SIZE is "
+            from medxpert_utils.errors import UserError
+
+            raise UserError(f"accelerate sees {accelerator.num_processes} processes but WORLD_SIZE is "
                                f"{os.environ['WORLD_SIZE']}: start with `accelerate launch` or `torchrun`")
         return cls(accelerator)
 

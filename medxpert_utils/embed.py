@@ -403,38 +403,25 @@ def needs_embedding(cfg: "Config", model_name: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m medxpert_utils.embed --params P --run R [--model M]`` (also under ``accelerate launch -m``)."""
-    import argparse
-    import sys
+    from medxpert_utils import clip
+    from medxpert_utils.cli import stage_main
+    from medxpert_utils.distributed import is_main_process
 
-    from medxpert_utils import clip, config
-    from medxpert_utils.cli import _overrides
+    def add_arguments(parser: Any) -> None:
+        parser.add_argument("--model", action="append", choices=["zero_shot", "fine_tuned"],
+                            help="model to embed with (repeatable; default: both)")
+        parser.add_argument("--force", action="store_true", help="recompute even when the saved files match")
 
-    parser = argparse.ArgumentParser(prog="python -m medxpert_utils.embed", description="Embed a run's evaluated "
-                                     "split and search corpus (notebook 02's embedding step); under `accelerate "
-                                     "launch -m` every process embeds its share.")
-    parser.add_argument("--params", default="params/demo.yaml", help="params YAML or profile name")
-    parser.add_argument("--run", help="run name under outputs/ or a path (default: the profile's name)")
-    parser.add_argument("--model", action="append", choices=["zero_shot", "fine_tuned"],
-                        help="model to embed with (repeatable; default: both)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param")
-    parser.add_argument("--force", action="store_true", help="recompute even when the saved files match")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config.load(args.params, args.run or None, _overrides(args.set))
+    def run(cfg: "Config", args: Any) -> None:
         for name in args.model or list(clip.model_specs(cfg)):
             out = embed_run(cfg, name, force=args.force, progress=not args.no_progress)
-            if int(os.environ.get("RANK", "0")) == 0:
+            if is_main_process():
                 stats = io.read_json(out / CACHE_KEY_FILE).get("stats", {})
                 print(f"{name}: {stats.get('eval_rows')} evaluated + {stats.get('corpus_rows')} corpus rows in "
                       f"{stats.get('seconds')} s on {stats.get('processes', 1)} process(es) -> {out}")
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"medxpert embed: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return stage_main("embed", "Embed a run's evaluated split and search corpus (notebook 02's embedding step); "
+                      "under `accelerate launch -m` every process embeds its share.", argv, run, add_arguments)
 
 
 if __name__ == "__main__":  # pragma: no cover

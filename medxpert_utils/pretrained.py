@@ -137,14 +137,21 @@ def _replace_dir(src: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_record(out: Path, record_path: Path) -> Any:
+    """The JSON record kept beside the model saved in ``out`` (its key, what training it took), or None
+    when the model or the record is missing or unreadable."""
+    if not (out / "config.json").is_file() or not record_path.is_file():
+        return None
+    try:
+        return io.read_json(record_path)
+    except ValueError:
+        return None
+
+
 def reuse_or_build(out: Path, key_path: Path, key: dict[str, Any], build: Callable[[], Any]) -> str:
     """``out`` as it is when ``key_path`` records the same ``key``; else ``build()`` it and record the key."""
-    if (out / "config.json").is_file() and key_path.is_file():
-        try:
-            if io.read_json(key_path) == key:
-                return str(out)
-        except ValueError:
-            pass
+    if read_record(out, key_path) == key:
+        return str(out)
     build()
     io.write_json(key_path, key)
     return str(out)

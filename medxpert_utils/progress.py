@@ -11,6 +11,7 @@ count, elapsed time, rate and postfix -- so a notebook keeps one line per short 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
@@ -24,6 +25,7 @@ def batch_mode() -> bool:
     return os.environ.get(BATCH_ENV) == "1"
 
 
+@functools.lru_cache(maxsize=None)
 def _batch_bar_class() -> type:
     from tqdm.std import tqdm as text_bar
 
@@ -48,7 +50,7 @@ def _batch_bar_class() -> type:
 def tqdm(*args: Any, **kwargs: Any) -> Any:
     """``tqdm.auto.tqdm`` interactively; a text bar for saved notebooks in batch runs (same arguments)."""
     if batch_mode():
-        kwargs.setdefault("mininterval", BATCH_INTERVAL_S)
+        kwargs["mininterval"] = max(kwargs.get("mininterval", 0.0), BATCH_INTERVAL_S)  # a terminal's pace is too chatty
         kwargs.setdefault("delay", BATCH_INTERVAL_S)
         kwargs.setdefault("file", sys.stdout)
         kwargs["leave"] = True  # the final line is the record

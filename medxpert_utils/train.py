@@ -615,32 +615,22 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m medxpert_utils.train --params P --run R [--set k=v]`` (also under ``accelerate launch``)."""
-    from medxpert_utils import config, runs
-    from medxpert_utils.cli import _overrides
+    from medxpert_utils import runs
+    from medxpert_utils.cli import stage_main
+    from medxpert_utils.distributed import is_main_process
 
-    parser = argparse.ArgumentParser(prog="python -m medxpert_utils.train", description="Contrastive CLIP fine-tuning "
-                                     "(notebook 01 in batch); under `accelerate launch -m` it runs on every process.")
-    parser.add_argument("--params", default="params/demo.yaml", help="params YAML or profile name")
-    parser.add_argument("--run", help="run name under outputs/ or a path (default: the profile's name)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param, e.g. --set train.epochs=1")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config.load(args.params, args.run or None, _overrides(args.set))
-        if int(os.environ.get("RANK", "0")) == 0:
+    def run(cfg: "Config", args: argparse.Namespace) -> None:
+        if is_main_process():
             runs.prepare(cfg)
         result = fit(cfg, progress=not args.no_progress)
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"medxpert train: error: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        last = result["history"][-1] if result["history"] else {}
-        print(f"trained {result['steps']} steps; best epoch {result['best_epoch']}: val i2t top-1 "
-              f"{result['best_val_i2t_acc']}, last val t2i top-1 {last.get('val_t2i_acc')}; model in {result['model_dir']}")
-    return 0
+        if is_main_process():
+            last = result["history"][-1] if result["history"] else {}
+            print(f"trained {result['steps']} steps; best epoch {result['best_epoch']}: val i2t top-1 "
+                  f"{result['best_val_i2t_acc']}, last val t2i top-1 {last.get('val_t2i_acc')}; "
+                  f"model in {result['model_dir']}")
+
+    return stage_main("train", "Contrastive CLIP fine-tuning (notebook 01 in batch); under `accelerate launch -m` "
+                      "it runs on every process.", argv, run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ CHECKPOINT_NAME = "last.pt"
 
 
 def data_fingerprint(frame: "pd.DataFrame") -> str:
+    """Hash of a split's image file names and reports: the same data in a moved or copied run matches."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -35,14 +36,18 @@ def data_fingerprint(frame: "pd.DataFrame") -> str:
     return digest.hexdigest()[:16]
 
 
+def model_identity(spec: str) -> str:
+    """A base model in a key: a hub id as is, a local folder by its name (a moved run still matches)."""
+    return os.path.basename(os.path.normpath(spec)) if os.path.isdir(spec) else spec
+
+
 def run_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame", processes: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed (settings that do not change results are left out)."""
     train_params = cfg.train.model_dump(mode="json")
     for volatile in ("resume", "checkpoint_every_steps", "num_workers", "compare_losses_minutes", "image_cache_mb"):
         train_params.pop(volatile, None)
     return {"train": train_params, "clip": cfg.clip.model_dump(mode="json"), "seed": cfg.seed,
-            "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
-            "train_data": data_fingerprint(train), "val_data": data_fingerprint(val), "processes": processes}
+            "base": model_identity(base), "train_data": data_fingerprint(train), "val_data": data_fingerprint(val), "processes": processes}
 
 
 def rng_state() -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Sequence
@@ -175,25 +174,20 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
 def _finetune_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame",
                   max_steps: int | None) -> dict[str, Any]:
     """What a finished fine-tuning must match to be reused: the training params, base model and data."""
-    from medxpert_utils.train_state import data_fingerprint
+    from medxpert_utils.train_state import data_fingerprint, model_identity
 
     captions = cfg.captions.model_dump(mode="json", include={"model", "epochs", "batch_size", "lr", "max_minutes",
                                                              "max_new_tokens", "tiny"})
     return {"captions": captions, "seed": cfg.seed, "max_steps": max_steps, "aux_label_weight": AUX_LABEL_WEIGHT,
-            "base": os.path.basename(os.path.normpath(base)) if os.path.isdir(base) else base,
-            "train_data": data_fingerprint(train), "val_data": data_fingerprint(val)}
+            "base": model_identity(base), "train_data": data_fingerprint(train), "val_data": data_fingerprint(val)}
 
 
 def _recorded_result(cfg: "Config", key: dict[str, Any]) -> dict[str, Any] | None:
     """The result of a finished fine-tuning with the same key whose model is still there, else None."""
-    path = cfg.paths.blip / RECORD_FILE
-    if not path.is_file() or not (cfg.paths.blip / "config.json").is_file():
-        return None
-    try:
-        saved = io.read_json(path)
-    except ValueError:
-        return None
-    return saved.get("result") if saved.get("key") == key else None
+    from medxpert_utils.pretrained import read_record
+
+    saved = read_record(cfg.paths.blip, cfg.paths.blip / RECORD_FILE)
+    return saved.get("result") if isinstance(saved, dict) and saved.get("key") == key else None
 
 
 class TimeAwareCosine:

@@ -11,8 +11,8 @@ class Prefetch:
     """Iterate ``iterable`` in a background thread, up to ``depth`` items ahead (for in-process loading).
 
     With no DataLoader workers (a 1-2 core machine) decoding and augmenting the next batch would
-    otherwise wait for the model's step; PIL, numpy and the tokenizer release the GIL for most of
-    that work, so a thread overlaps it with the forward/backward pass. Items arrive in the
+    otherwise wait for the model's step; torch, PIL and numpy release the GIL for most of that work,
+    so a thread overlaps it with the forward/backward pass. Items arrive in the
     iterable's order (results are unchanged). Use as a context manager, or call :meth:`close`
     when stopping early: the thread stops at its next item.
     """

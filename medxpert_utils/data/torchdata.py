@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medxpert_utils.data.transforms import ImageTransform, eval_image_transform, train_image_transform
+from medxpert_utils.data.transforms import N_DRAWS, ImageTransform, eval_image_transform, train_image_transform
 from medxpert_utils.errors import ImageLoadError
 
 
@@ -97,8 +97,6 @@ class ImageTextDataset(Dataset):
         One table per epoch (vectorised, then looked up) instead of a generator per item, whose
         set-up alone cost more than the rest of an item's loading.
         """
-        from medxpert_utils.data.transforms import N_DRAWS
-
         if self._draw_table is None or self._draw_table[0] != epoch:
             self._draw_table = (epoch, np.random.default_rng([self.seed, epoch]).random((len(self), N_DRAWS)))
         return self._draw_table[1][index]
