@@ -96,7 +96,7 @@ case "$MODE" in
     exec "$PY" -m pytest "${EXTRA[@]}"
     ;;
   dashboard)
-    exec "$PY" -m medxpert_utils.dashboard ${RUN:+--run "$RUN"} ${PORT:+--port "$PORT"}
+    exec "$PY" -m medxpert_utils.app.dashboard ${RUN:+--run "$RUN"} ${PORT:+--port "$PORT"}
     ;;
   sweep)
     exec "$PY" -m medxpert_utils sweep "$SWEEP" "${CHAIN_ARGS[@]}"

@@ -6,7 +6,7 @@ Model: CLIP ViT-B/32 architecture (``CLIPConfig()`` defaults, random weights: sp
 depend on the values) with CLIP's image processor settings (224 px, centre crop, OpenAI mean/std).
 Data: 224 px grayscale PNGs written to a temporary folder.
 
-* project path: ``embed.embed_images`` - DataLoader (``runtime.default_num_workers``) decoding the
+* project path: ``retrieval.encoders.embed_images`` - DataLoader (``runtime.default_num_workers``) decoding the
   PNGs with ``data.images.load_image`` + ``transforms.eval_image_transform``, batched forward under
   ``torch.inference_mode``, L2 normalisation, copy into the output matrix;
 * bare: the same forward + normalisation over tensors preprocessed and held in memory beforehand.
@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="number of PNG images")
     ap.add_argument("--size", type=int, default=224, help="side of the PNGs in pixels")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: runtime.default_num_workers)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers (default: runtime.default_num_workers)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time of each path counts")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_embed.json")
     args = ap.parse_args()
@@ -62,10 +63,11 @@ def main() -> None:
     from transformers import CLIPConfig, CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from medxpert_utils import embed, runtime
-    from medxpert_utils.clip import image_features
+    from medxpert_utils.core import runtime
     from medxpert_utils.data.images import load_image
-    from medxpert_utils.data.transforms import eval_image_transform
+    from medxpert_utils.data.loading.transforms import eval_image_transform
+    from medxpert_utils.models.clip import image_features
+    from medxpert_utils.retrieval import encoders
 
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig()).eval()
@@ -91,7 +93,7 @@ def main() -> None:
             return out
 
         def project() -> np.ndarray:
-            return embed.embed_images(model, processor, paths, batch_size=args.batch_size, num_workers=workers,
+            return encoders.embed_images(model, processor, paths, batch_size=args.batch_size, num_workers=workers,
                                       device=device, progress=False)
 
         with torch.inference_mode():  # warm up kernels and allocator
@@ -106,14 +108,16 @@ def main() -> None:
     assert np.allclose(results["bare"], results["project"], atol=1e-4), "the two paths disagree"
 
     best = {name: min(values) for name, values in times.items()}
-    rows = [{"path": "bare forward (preloaded tensors)", "seconds": best["bare"], "images_per_s": args.n / best["bare"]},
+    rows = [{"path": "bare forward (preloaded tensors)", "seconds": best["bare"],
+             "images_per_s": args.n / best["bare"]},
             {"path": "embed.embed_images (PNG files)", "seconds": best["project"],
              "images_per_s": args.n / best["project"]}]
     ratio = best["bare"] / best["project"]
     print(f"\n{'path':<36}{'seconds':>10}{'images/s':>12}")
     for row in rows:
         print(f"{row['path']:<36}{row['seconds']:>10.2f}{row['images_per_s']:>12.1f}")
-    print(f"\nthroughput ratio project / bare: {ratio:.3f} (target >= 0.9) - {'OK' if ratio >= 0.9 else 'BELOW TARGET'}")
+    print(f"\nthroughput ratio project / bare: {ratio:.3f} (target >= 0.9) - "
+          f"{'OK' if ratio >= 0.9 else 'BELOW TARGET'}")
     print(f"(decode + preprocess alone, serial: {args.n / preprocess_s:.0f} images/s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -17,7 +17,7 @@ mean cosine of each query's nearest neighbour.
    study id, report, image path, 14 labels per hit) against ``index.search`` on the same index.
    Target: the project path within 1.1x of bare FAISS.
 2. IVF at --n (params ``ivf_nlist``; ``nprobe`` swept) and HNSW at --hnsw-n (``efSearch`` swept),
-   both built with ``medxpert_utils.index.build_index``: recall@10 against exact search and speed-up
+   both built with ``medxpert_utils.retrieval.index.build_index``: recall@10 against exact search and speed-up
    over exact search at the same size. Target: recall@10 >= 0.95 while >= 10x faster.
 
 Prints a table and writes benchmarks/results/bench_search.json.
@@ -31,26 +31,29 @@ import json
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from medxpert_utils import index as mx_index
 from medxpert_utils.data.labels import CHEXPERT_LABELS
-from medxpert_utils.search import SearchEngine
+from medxpert_utils.retrieval import index as mx_index
+from medxpert_utils.retrieval.search import SearchEngine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 100_000
 
 
-def make_centres(n_clusters: int, dim: int, seed: int, n_super: int = 64, spread: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+def make_centres(n_clusters: int, dim: int, seed: int, n_super: int = 64,
+                 spread: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """Cluster centres grouped around a few super-directions (neighbouring clusters overlap, as findings
     do), and Zipf-like cluster weights (a few very common kinds of study, a long tail)."""
     rng = np.random.default_rng(seed)
     supers = rng.standard_normal((n_super, dim)).astype(np.float32)
     supers /= np.linalg.norm(supers, axis=1, keepdims=True)
-    centres = supers[rng.integers(0, n_super, n_clusters)] + spread * rng.standard_normal((n_clusters, dim), dtype=np.float32) / np.sqrt(dim)
+    centres = (supers[rng.integers(0, n_super, n_clusters)]
+               + spread * rng.standard_normal((n_clusters, dim), dtype=np.float32) / np.sqrt(dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
     return centres, rng.permutation(weights / weights.sum())
@@ -147,7 +150,8 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists (params index.ivf_nlist)")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 5, 6, 8, 16])
     ap.add_argument("--ef-search", type=int, nargs="+", default=[12, 16, 20, 24, 32, 48])
-    ap.add_argument("--hnsw-m", type=int, nargs="+", default=[16, 32], help="HNSW neighbours per node (params index.hnsw_m)")
+    ap.add_argument("--hnsw-m", type=int, nargs="+", default=[16, 32],
+                    help="HNSW neighbours per node (params index.hnsw_m)")
     ap.add_argument("--ef-construction", type=int, default=200, help="params index.hnsw_ef_construction")
     ap.add_argument("--spectrum", choices=["powerlaw", "isotropic"], default="powerlaw", help="noise covariance")
     ap.add_argument("--alpha", type=float, default=1.5, help="power-law exponent of the noise spectrum")
@@ -183,14 +187,15 @@ def main() -> None:
     flat.search(queries[:10], args.k)  # warm up
     bare_times, engine_times = [], []
     for _ in range(3):  # interleaved, so load from other processes hits both alike
-        t, (exact_scores, exact_ids) = timed(lambda: flat.search(queries, args.k), 1)
+        t, (exact_scores, exact_ids) = timed(partial(flat.search, queries, args.k), 1)
         bare_times.append(t)
-        t, hits = timed(lambda: engine.search_vectors(queries, args.k, "images"), 1)
+        t, hits = timed(partial(engine.search_vectors, queries, args.k, "images"), 1)
         engine_times.append(t)
     bare, project = min(bare_times), min(engine_times)
     assert [h.row for h in hits[0]] == exact_ids[0].tolist()  # same answers
-    rows.append({"index": "flat (bare faiss)", "n": args.n, "build_s": build_flat, "memory_gb": args.n * args.dim * 4 / 1e9,
-                 "queries_per_s": args.queries / bare, "recall@10": 1.0, "speedup_vs_exact": 1.0})
+    rows.append({"index": "flat (bare faiss)", "n": args.n, "build_s": build_flat,
+                 "memory_gb": args.n * args.dim * 4 / 1e9, "queries_per_s": args.queries / bare, "recall@10": 1.0,
+                 "speedup_vs_exact": 1.0})
     rows.append({"index": "flat (SearchEngine + hits)", "n": args.n, "build_s": build_flat,
                  "memory_gb": args.n * args.dim * 4 / 1e9, "queries_per_s": args.queries / project, "recall@10": 1.0,
                  "speedup_vs_exact": bare / project})
@@ -214,8 +219,9 @@ def main() -> None:
         for nprobe in args.nprobe:
             faiss.extract_index_ivf(ivf).nprobe = nprobe
             t, (_, ids) = timed(lambda: ivf.search(queries, args.k))
-            row = {"index": f"ivf nlist={nlist} nprobe={nprobe}", "n": args.n, "build_s": build_ivf, "memory_gb": memory,
-                   "queries_per_s": args.queries / t, "recall@10": recall_at(ids, exact_ids), "speedup_vs_exact": bare / t}
+            row = {"index": f"ivf nlist={nlist} nprobe={nprobe}", "n": args.n, "build_s": build_ivf,
+                   "memory_gb": memory, "queries_per_s": args.queries / t, "recall@10": recall_at(ids, exact_ids),
+                   "speedup_vs_exact": bare / t}
             rows.append(row)
             print(f"  {row['index']}: recall@10 {row['recall@10']:.3f}, {row['speedup_vs_exact']:.1f}x", flush=True)
             if row["recall@10"] >= 0.95 and (best is None or row["speedup_vs_exact"] > best["speedup_vs_exact"]):
@@ -247,7 +253,7 @@ def main() -> None:
             memory = (m * args.dim * 4 + hnsw.hnsw.neighbors.size() * 4) / 1e9
             for ef in args.ef_search:
                 hnsw.hnsw.efSearch = ef
-                t, (_, ids) = timed(lambda: hnsw.search(queries, args.k))
+                t, (_, ids) = timed(partial(hnsw.search, queries, args.k))
                 row = {"index": f"hnsw M={hnsw_m} efC={args.ef_construction} efSearch={ef}", "n": m,
                        "build_s": build_hnsw, "memory_gb": memory, "queries_per_s": args.queries / t,
                        "recall@10": recall_at(ids, small_ids), "speedup_vs_exact": t_exact / t}

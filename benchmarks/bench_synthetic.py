@@ -37,7 +37,8 @@ def timed(fn) -> tuple[float, float]:
     fn()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = time.process_time() - before[0] + (after.ru_utime - before[1].ru_utime) + (after.ru_stime - before[1].ru_stime)
+    cpu = (time.process_time() - before[0] + (after.ru_utime - before[1].ru_utime)
+           + (after.ru_stime - before[1].ru_stime))
     return wall, cpu
 
 
@@ -50,16 +51,16 @@ def main() -> None:
 
     from PIL import Image
 
-    from medxpert_utils import io
-    from medxpert_utils.data import synthetic
+    from medxpert_utils.core import io
+    from medxpert_utils.data.synthetic import dataset as synthetic
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for label, workers in (("generate, 1 process", 1), ("generate, process pool", None)):
             shutil.rmtree(folder / "demo", ignore_errors=True)
-            wall, cpu = timed(lambda: synthetic.generate(args.n, args.size, 0, folder / "demo", progress=False,
-                                                         workers=workers))
+            wall, cpu = timed(lambda workers=workers: synthetic.generate(args.n, args.size, 0, folder / "demo",
+                                                                         progress=False, workers=workers))
             rows.append((label, wall, cpu))
         rows.append(("cache hit", *timed(lambda: synthetic.generate(args.n, args.size, 0, folder / "demo",
                                                                      progress=False))))

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medxpert_utils import clip, config, io, pretrained, runtime, train
+from medxpert_utils.core import config, io, runtime
+from medxpert_utils.models import clip, pretrained
+from medxpert_utils.training import trainer as train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 
@@ -59,7 +61,8 @@ def build_vit_b32(reports: list[str], out_dir: Path) -> Path:
                pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=ids))
-    return pretrained.save_pretrained(model, CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer), out_dir)
+    return pretrained.save_pretrained(model, CLIPProcessor(image_processor=CLIPImageProcessorPil(),
+                                                           tokenizer=tokenizer), out_dir)
 
 
 def prepare(arch: str, root: Path, batches: int, epochs: int, workers: int | None = None) -> config.Config:
@@ -95,7 +98,7 @@ def prepare(arch: str, root: Path, batches: int, epochs: int, workers: int | Non
 def bare_pairs_per_s(cfg: config.Config, steps: int) -> float:
     """Forward + loss + backward + AdamW on preloaded tensors (one warm-up step, then ``steps`` timed)."""
     from medxpert_utils.data import manifest
-    from medxpert_utils.data.torchdata import make_loader
+    from medxpert_utils.data.loading.datasets import make_loader
 
     device = runtime.get_device(cfg.device)
     model, processor = clip.load_clip(clip.prepare_base_model(cfg), device)
@@ -148,7 +151,8 @@ def measure(arch: str, root: Path, batches: int, epochs: int, workers: int | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=[*ARCHS, "all"], default="all")
-    parser.add_argument("--batches", type=int, default=None, help="training batches per epoch (default: 10 tiny, 3 ViT-B/32)")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="training batches per epoch (default: 10 tiny, 3 ViT-B/32)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs (the first is warm-up)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the project's choice)")
     parser.add_argument("--repeats", type=int, default=1, help="measure this many times; report the median run")
@@ -159,7 +163,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         os.environ.setdefault("MEDXPERT_OUTPUTS", tmp)
         for arch in archs:
-            runs = [measure(arch, Path(tmp) / f"r{i}", args.batches or ARCHS[arch]["batches"], args.epochs, args.workers)
+            runs = [measure(arch, Path(tmp) / f"r{i}", args.batches or ARCHS[arch]["batches"], args.epochs,
+                            args.workers)
                     for i in range(args.repeats)]
             r = sorted(runs, key=lambda run: run["ratio"])[len(runs) // 2]  # the median run
             r = {**r, "ratios_of_repeats": [run["ratio"] for run in runs]}
@@ -175,8 +180,9 @@ def main() -> None:
     if args.out.is_file():  # keep the previous figures of architectures not run this time
         kept = [r for r in io.read_json(args.out).get("results", []) if r.get("arch") not in archs]
         rows = [*kept, *rows]
-    io.write_json(args.out, {"benchmark": "train", "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                             "machine": platform.platform(), "torch": torch.__version__, "results": rows})
+    io.write_json(args.out, {"benchmark": "train", "cpu_cores": os.cpu_count(),
+                             "torch_threads": torch.get_num_threads(), "machine": platform.platform(),
+                             "torch": torch.__version__, "results": rows})
     print(f"wrote {args.out}")
 
 

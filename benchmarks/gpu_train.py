@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from medxpert_utils import clip, config, io, pretrained, runtime, train
+from medxpert_utils.core import config, io, runtime
+from medxpert_utils.models import clip, pretrained
+from medxpert_utils.training import trainer as train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_train.json"
 
@@ -56,7 +58,8 @@ def build_model(reports: list[str], out_dir: Path, dry_run: bool) -> Path:
         cfg = CLIPConfig(text_config=ids)
         processor = CLIPImageProcessorPil()
     torch.manual_seed(0)
-    return pretrained.save_pretrained(CLIPModel(cfg), CLIPProcessor(image_processor=processor, tokenizer=tokenizer), out_dir)
+    return pretrained.save_pretrained(CLIPModel(cfg), CLIPProcessor(image_processor=processor, tokenizer=tokenizer),
+                                      out_dir)
 
 
 def make_dataset(root: Path, n_studies: int, image_px: int):

@@ -40,7 +40,7 @@ def smoke_outputs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_run(smoke_outputs, session_data_dir) -> Path:
     """A finished run of every notebook of the chain on the smoke profile (built once per session)."""
-    from medxpert_utils.pipeline import run_chain
+    from medxpert_utils.app.pipeline import run_chain
 
     run_dir = smoke_outputs / "smoke"
     with pytest.MonkeyPatch.context() as mp:

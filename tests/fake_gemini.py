@@ -65,7 +65,8 @@ class Request:
 
 def candidate(text: str, finish: str = "STOP", model: str = "gemini-2.5-flash") -> dict:
     """A generateContent response body with one text candidate."""
-    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish, "index": 0}],
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish,
+                            "index": 0}],
             "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 50, "totalTokenCount": 150},
             "modelVersion": model}
 
@@ -134,7 +135,8 @@ def evidence_report(request: Request) -> Reply:
     severity = "normal" if names in ([], ["No Finding"]) else "moderate"
     answer = "See findings; evidence " + sid if "Question: none" not in request.prompt_text else None
     return Reply(body=candidate(report_json(findings, icd, overall_severity=severity, answer=answer,
-                                            impression=f"Most similar case {sid} shows: {', '.join(names) or 'nothing'}.")))
+                                            impression=f"Most similar case {sid} shows: "
+                                                       f"{', '.join(names) or 'nothing'}.")))
 
 
 Script = list[Any]

@@ -5,18 +5,19 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxpert_utils import io
-from medxpert_utils.captions.model import _rgb, load_blip, prepare_base_model, small_model_threads, _text_max_length
-from medxpert_utils.errors import ImageLoadError, UserError
+from medxpert_utils.core import io
+from medxpert_utils.core.errors import ImageLoadError, UserError
+from medxpert_utils.models.blip import load_blip, prepare_base_model, rgb_image, small_model_threads, text_max_length
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from medxpert_utils.config import Config
+    from medxpert_utils.core.config import Config
 
 CACHE_BYTES = 2 * 2**30
 VAL_MAX = 512  # validation pairs used for checkpoint selection (a seeded sample when there are more)
@@ -48,7 +49,7 @@ class CaptionDataset:
         if self._cache is not None and i in self._cache:
             return self._cache[i], self.texts[i], target
         try:
-            pixels = self.image_processor(images=_rgb(self.paths[i]), return_tensors="pt")["pixel_values"][0]
+            pixels = self.image_processor(images=rgb_image(self.paths[i]), return_tensors="pt")["pixel_values"][0]
         except ImageLoadError:
             self.bad.add(i)
             return None
@@ -129,7 +130,7 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
     The result is recorded beside the model (``models/blip/finetune.json``); a rerun with the same
     params, base model and data returns it instead of training again.
     """
-    from medxpert_utils import runtime
+    from medxpert_utils.core import runtime
     from medxpert_utils.data import manifest
     from medxpert_utils.data.labels import CHEXPERT_LABELS as CHEXPERT
 
@@ -153,16 +154,18 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
         return recorded
     model, processor = load_blip(base, device)
     cache = _cache_fits(len(train) + len(val), processor.image_processor)
-    max_length = _text_max_length(cfg)
+    max_length = text_max_length(cfg)
     targets = (train[list(CHEXPERT)].astype("Float32").fillna(0).to_numpy() == 1).astype(np.float32)
-    train_ds = CaptionDataset(train["image_path"].tolist(), train["report"].fillna("").tolist(), processor.image_processor,
-                              cache, targets)
-    val_ds = CaptionDataset(val["image_path"].tolist(), val["report"].fillna("").tolist(), processor.image_processor, cache)
+    train_ds = CaptionDataset(train["image_path"].tolist(), train["report"].fillna("").tolist(),
+                              processor.image_processor, cache, targets)
+    val_ds = CaptionDataset(val["image_path"].tolist(), val["report"].fillna("").tolist(), processor.image_processor,
+                            cache)
     train_loader = _loader(train_ds, processor, model, params.batch_size, True, cfg.seed, max_length)
     val_loader = _loader(val_ds, processor, model, params.batch_size, False, cfg.seed, max_length)
 
     steps_per_epoch = len(train_loader)
-    total_steps = params.epochs * steps_per_epoch if max_steps is None else min(max_steps, params.epochs * steps_per_epoch)
+    total_steps = (params.epochs * steps_per_epoch if max_steps is None
+                   else min(max_steps, params.epochs * steps_per_epoch))
 
     with small_model_threads(model, device):
         result = _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, device, dtype, total_steps,
@@ -174,7 +177,7 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
 def _finetune_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame",
                   max_steps: int | None) -> dict[str, Any]:
     """What a finished fine-tuning must match to be reused: the training params, base model and data."""
-    from medxpert_utils.train_state import data_fingerprint, model_identity
+    from medxpert_utils.training.state import data_fingerprint, model_identity
 
     captions = cfg.captions.model_dump(mode="json", include={"model", "epochs", "batch_size", "lr", "max_minutes",
                                                              "max_new_tokens", "tiny"})
@@ -184,7 +187,7 @@ def _finetune_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.Data
 
 def _recorded_result(cfg: "Config", key: dict[str, Any]) -> dict[str, Any] | None:
     """The result of a finished fine-tuning with the same key whose model is still there, else None."""
-    from medxpert_utils.pretrained import read_record
+    from medxpert_utils.models.pretrained import read_record
 
     saved = read_record(cfg.paths.blip, cfg.paths.blip / RECORD_FILE)
     return saved.get("result") if isinstance(saved, dict) and saved.get("key") == key else None
@@ -218,8 +221,8 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
            progress: bool) -> dict[str, Any]:
     import torch
 
-    from medxpert_utils.pretrained import save_pretrained
-    from medxpert_utils.progress import tqdm
+    from medxpert_utils.core.progress import tqdm
+    from medxpert_utils.models.pretrained import save_pretrained
 
     params = cfg.captions
     # Auxiliary finding head on the vision [CLS] output, used only while training (see AUX_LABEL_WEIGHT).
@@ -251,7 +254,8 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
                 out = model(**batch)
                 loss = out.loss
                 if head is not None and targets is not None:
-                    aux = torch.nn.functional.binary_cross_entropy_with_logits(head(out.image_embeds[:, 0]).float(), targets)
+                    aux = torch.nn.functional.binary_cross_entropy_with_logits(head(out.image_embeds[:, 0]).float(),
+                                                                               targets)
                     aux_losses.append(float(aux.detach()))
                     loss = loss + AUX_LABEL_WEIGHT * aux
             optimizer.zero_grad(set_to_none=True)

@@ -2,48 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxpert_utils import io
-from medxpert_utils.captions.model import TINY, model_specs
+from medxpert_utils.core import io
+from medxpert_utils.data.label_metrics import label_f1
+from medxpert_utils.models.blip import TINY, model_specs
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from medxpert_utils.config import Config
+    from medxpert_utils.core.config import Config
 
 def positive_labels(text: str) -> frozenset[str]:
     """CheXpert observations the labeler marks positive (1) in ``text``."""
     from medxpert_utils.data.labels import label_report
 
     return frozenset(name for name, value in label_report(text or "").items() if value == 1)
-
-
-def label_f1(predicted: Sequence[Iterable[str]], reference: Sequence[Iterable[str]]) -> dict[str, Any]:
-    """CheXpert-label F1 of predicted vs reference positive-label sets (sklearn ``f1_score``).
-
-    ``micro`` pools all 14 observations; ``macro`` averages the per-observation F1 over observations
-    that occur (in the references or predictions) - one absent from both is undefined and left out
-    rather than counted as 0. Returns micro, macro, per_label (None where undefined) and n.
-    """
-    from sklearn.metrics import f1_score
-
-    from medxpert_utils.data.labels import CHEXPERT_LABELS
-
-    names = list(CHEXPERT_LABELS)
-    pred = np.array([[name in set(p) for name in names] for p in predicted], dtype=int).reshape(-1, len(names))
-    ref = np.array([[name in set(r) for name in names] for r in reference], dtype=int).reshape(-1, len(names))
-    if len(pred) != len(ref):
-        raise ValueError(f"{len(pred)} predictions for {len(ref)} references")
-    if len(ref) == 0:
-        return {"micro": None, "macro": None, "per_label": {n: None for n in names}, "n": 0}
-    micro = f1_score(ref, pred, average="micro", zero_division=0.0) if (ref.any() or pred.any()) else None
-    per = f1_score(ref, pred, average=None, zero_division=np.nan)
-    defined = [float(v) for v in per if not np.isnan(v)]
-    return {"micro": None if micro is None else float(micro), "macro": float(np.mean(defined)) if defined else None,
-            "per_label": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per)}, "n": int(len(ref))}
 
 
 def score_captions(captions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
@@ -65,7 +42,8 @@ def score_captions(captions: Sequence[str], references: Sequence[str]) -> dict[s
             "label_f1_macro": f1["macro"], "label_f1_per_label": f1["per_label"]}
 
 
-def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None, split: str = "test") -> dict[str, Any]:
+def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None,
+              split: str = "test") -> dict[str, Any]:
     """Score each captioner in ``frame`` (from :func:`caption_split`) and write ``metrics/captions.json``."""
     result: dict[str, Any] = {
         "split": split,
@@ -104,7 +82,7 @@ def examples_html(frame: "pd.DataFrame", n: int = 6, side: int = 96) -> str:
     """The first ``n`` test images side by side with the reference report and each captioner's caption."""
     import html
 
-    from medxpert_utils.report.render import thumbnail_uri
+    from medxpert_utils.viz.html import thumbnail_uri
 
     if frame.empty:
         return "<p>No captions.</p>"
@@ -124,4 +102,5 @@ def examples_html(frame: "pd.DataFrame", n: int = 6, side: int = 96) -> str:
                     f"<td>{html.escape(str(first.reference))}</td>{cells}</tr>")
     css = ("<style>.mx-captions{border-collapse:collapse}.mx-captions td,.mx-captions th{border:1px solid #ccc;"
            "padding:4px 6px;text-align:left;vertical-align:top;max-width:320px}</style>")
-    return f"{css}<table class='mx-captions'><tr><th>image</th><th>reference report</th>{head}</tr>{''.join(rows)}</table>"
+    return (f"{css}<table class='mx-captions'><tr><th>image</th><th>reference report</th>{head}</tr>"
+            f"{''.join(rows)}</table>")

@@ -17,14 +17,14 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from medxpert_utils.progress import tqdm
+from medxpert_utils.core.progress import tqdm
 
-from medxpert_utils.config import Config
+from medxpert_utils.core.config import Config
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.images import verify_image
 from medxpert_utils.data.split import patient_split
-from medxpert_utils.errors import ImageLoadError, UserError
-from medxpert_utils.paths import PROJECT_ROOT, data_dir
+from medxpert_utils.core.errors import ImageLoadError, UserError
+from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 
 LEAKAGE_NOTE = "split by row: the {what} has no patient ids; patient leakage cannot be ruled out"
 MAX_EXAMPLES = 5

@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from medxpert_utils.progress import tqdm
+from medxpert_utils.core.progress import tqdm
 
-from medxpert_utils import io
-from medxpert_utils.errors import MissingModelError, UserError
+from medxpert_utils.core import io
+from medxpert_utils.core.errors import MissingModelError, UserError
 
 CHECKSUMS_FILE = "checksums.json"
 _CHUNK = 1 << 20
@@ -80,7 +80,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
 
     An existing ``dest`` is verified, not fetched again. On a checksum mismatch the bad download
     is deleted and :class:`ChecksumError` raised; network failures raise
-    :class:`~medxpert_utils.errors.MissingModelError` and keep the partial file for the next try.
+    :class:`~medxpert_utils.core.errors.MissingModelError` and keep the partial file for the next try.
     """
     dest = Path(dest)
     if dest.is_file():

@@ -1,7 +1,7 @@
 """Image loading: the one place the project reads PNG, JPEG and DICOM files.
 
 Every image comes back as an 8-bit grayscale ``PIL.Image`` (mode ``"L"``); a file that cannot be
-read raises :class:`~medxpert_utils.errors.ImageLoadError` with one line naming the file and the
+read raises :class:`~medxpert_utils.core.errors.ImageLoadError` with one line naming the file and the
 problem, so batch stages can skip and count it and the CLI/dashboard can show it.
 
 DICOM files give up their pixels only: the modality LUT (rescale) and the VOI LUT / window are
@@ -22,7 +22,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medxpert_utils.errors import ImageLoadError
+from medxpert_utils.core.errors import ImageLoadError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 

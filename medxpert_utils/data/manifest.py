@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from medxpert_utils.data.labels import CHEXPERT_LABELS
-from medxpert_utils.errors import RunNotReadyError, UserError
-from medxpert_utils.paths import RunPaths, resolve_run_dir
+from medxpert_utils.core.errors import RunNotReadyError, UserError
+from medxpert_utils.core.paths import RunPaths, resolve_run_dir
 
 TEXT_COLUMNS = ["study_id", "patient_id", "image_path", "findings", "impression", "report", "split"]
 LABEL_COLUMNS = list(CHEXPERT_LABELS)

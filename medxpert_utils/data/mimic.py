@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from medxpert_utils.progress import tqdm
+from medxpert_utils.core.progress import tqdm
 
-from medxpert_utils import io
-from medxpert_utils.config import Config
+from medxpert_utils.core import io
+from medxpert_utils.core.config import Config
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.assemble import LEAKAGE_NOTE, BuildStats, finish, resolve_data_root, sample_studies
 from medxpert_utils.data.images import load_image
-from medxpert_utils.errors import ImageLoadError, MissingModelError, UserError
-from medxpert_utils.paths import PROJECT_ROOT, data_dir
+from medxpert_utils.core.errors import ImageLoadError, MissingModelError, UserError
+from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 
 _HF_IMAGE = ("image", "img", "jpg", "png", "image_path")
 _HF_FINDINGS = ("findings", "finding")

@@ -14,12 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from medxpert_utils import io
-from medxpert_utils.config import Config
+from medxpert_utils.core import io
+from medxpert_utils.core.config import Config
 from medxpert_utils.data import download as dl
 from medxpert_utils.data.assemble import BuildStats, finish, resolve_data_root
-from medxpert_utils.errors import UserError
-from medxpert_utils.paths import data_dir
+from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.paths import data_dir
 
 IU_PNG_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
 IU_REPORTS_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz"

@@ -18,13 +18,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from medxpert_utils.config import Config
+from medxpert_utils.core.config import Config
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.assemble import LEAKAGE_NOTE, BuildStats, finish, resolve_data_root
 from medxpert_utils.data.mimic import hf_image_dir, load_hf_dataset, mimic_cxr_jpg, mimic_hf
 from medxpert_utils.data.openi import iu_xray
-from medxpert_utils.errors import UserError
-from medxpert_utils.paths import PROJECT_ROOT, data_dir
+from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 
 __all__ = ["BuildStats", "SOURCES", "build_manifest", "csv", "demo", "demo_cache_dir", "hf_image_dir", "iu_xray",
            "load_hf_dataset", "mimic_cxr_jpg", "mimic_hf", "resolve_data_root"]
@@ -42,7 +42,7 @@ def build_manifest(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, di
 
 def demo_cache_dir(n_studies: int, image_size: int, images_per_study_max: int, seed: int) -> Path:
     """Cache folder of one synthetic dataset, keyed by everything that changes its content."""
-    from medxpert_utils.data import synthetic
+    from medxpert_utils.data.synthetic import dataset as synthetic
 
     version = getattr(synthetic, "GENERATOR_VERSION", None) or getattr(synthetic, "__version__", None)
     if version is None:  # no declared version: any change to the generator's code makes a new cache
@@ -57,7 +57,7 @@ def demo(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     Labels come from the labeler run on each report, like any real source; the generator's own
     truth stays in the ``truth_<label>`` columns for checking the labeler.
     """
-    from medxpert_utils.data import synthetic
+    from medxpert_utils.data.synthetic import dataset as synthetic
 
     d = cfg.data
     out_dir = demo_cache_dir(d.n_studies, d.image_size, d.images_per_study_max, cfg.seed)

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medxpert_utils.config import SplitRatios
+from medxpert_utils.core.config import SplitRatios
 
 SPLITS = ("train", "val", "test")
 

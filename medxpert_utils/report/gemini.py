@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pydantic import ValidationError
 
-from medxpert_utils import io
-from medxpert_utils.errors import MissingModelError
+from medxpert_utils.core import io
+from medxpert_utils.core.errors import MissingModelError
 from medxpert_utils.report import icd10
 from medxpert_utils.report.context import ReportContext
 from medxpert_utils.report.offline import GENERATOR as OFFLINE_GENERATOR

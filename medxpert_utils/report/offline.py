@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from medxpert_utils.report import icd10
 from medxpert_utils.report.context import ReportContext, RetrievedCase
@@ -48,17 +48,21 @@ MODERATE_FINDINGS = {"Pneumonia", "Consolidation", "Edema", "Pleural Effusion", 
 SUGGESTIONS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("Pneumothorax", frozenset({"large", "tension", "moderate"}),
      "Urgent clinical review: a large or tension pneumothorax may need decompression."),
-    ("Pneumothorax", None, "Clinical review of the pneumothorax; repeat radiograph to document resolution or stability."),
+    ("Pneumothorax", None,
+     "Clinical review of the pneumothorax; repeat radiograph to document resolution or stability."),
     ("Lung Lesion", None, "Consider chest CT to characterise the lesion; compare with prior imaging."),
-    ("Pneumonia", None, "Correlate with clinical signs of infection; follow-up radiograph after treatment to confirm resolution."),
-    ("Consolidation", None, "Correlate clinically for infection or aspiration; follow-up radiograph to confirm resolution."),
+    ("Pneumonia", None,
+     "Correlate with clinical signs of infection; follow-up radiograph after treatment to confirm resolution."),
+    ("Consolidation", None,
+     "Correlate clinically for infection or aspiration; follow-up radiograph to confirm resolution."),
     ("Pleural Effusion", frozenset({"large", "moderate"}),
      "Consider ultrasound to quantify the effusion and guide drainage if clinically indicated."),
     ("Pleural Effusion", None, "Follow-up imaging of the effusion; ultrasound if it enlarges."),
     ("Edema", None, "Correlate with cardiac function and fluid status (e.g. echocardiography, BNP)."),
     ("Cardiomegaly", None, "Correlate with cardiac history; echocardiography if cardiomegaly is new."),
     ("Enlarged Cardiomediastinum", None, "Compare with prior imaging; consider CT if mediastinal widening is new."),
-    ("Fracture", None, "Review for associated injury (pneumothorax, contusion); dedicated rib views or CT if clinically indicated."),
+    ("Fracture", None,
+     "Review for associated injury (pneumothorax, contusion); dedicated rib views or CT if clinically indicated."),
     ("Atelectasis", None, "Encourage lung expansion; follow-up radiograph if atelectasis persists."),
     ("Lung Opacity", None, "Follow-up radiograph to confirm resolution; CT if the opacity persists."),
     ("Pleural Other", None, "Compare with prior imaging to assess stability of the pleural abnormality."),
@@ -181,7 +185,8 @@ def case_weights(cases: list[RetrievedCase]) -> list[float]:
     return [r / total for r in raw]
 
 
-def _describe(name: str, evidence: list[RetrievedCase], weights: dict[str, float]) -> tuple[str | None, str | None, str]:
+def _describe(name: str, evidence: list[RetrievedCase],
+              weights: dict[str, float]) -> tuple[str | None, str | None, str]:
     """Most weighted laterality and severity phrases for ``name`` in the supporting reports, and their sentences."""
     from medxpert_utils.data.labels import find_mentions
 
@@ -317,7 +322,8 @@ def answer_question(question: str, report: DiagnosisReport, votes: dict[str, dic
                          f"evidence: {', '.join(finding.evidence)})")
         elif finding and finding.status == "uncertain":
             verdict = "Possibly" if verdict == "No" else verdict
-            parts.append(f"{name} is uncertain (vote {finding.confidence:.2f}; evidence: {', '.join(finding.evidence)})")
+            parts.append(f"{name} is uncertain (vote {finding.confidence:.2f}; "
+                         f"evidence: {', '.join(finding.evidence)})")
         else:
             parts.append(f"{name} is not supported (vote {votes.get(name, {}).get('combined', 0.0):.2f})")
     return f"{verdict} - " + "; ".join(parts) + "."

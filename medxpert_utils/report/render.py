@@ -6,20 +6,20 @@ report can be shown without it.
 
 from __future__ import annotations
 
-import base64
-import html
-import io as _io
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from medxpert_utils import DISCLAIMER
+from medxpert_utils.core.notices import DISCLAIMER
 from medxpert_utils.report.context import RetrievedCase
 from medxpert_utils.report.schema import DiagnosisReport
+from medxpert_utils.viz.html import esc, thumbnail_uri
 
 THUMB_SIDE = 96
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:960px;margin:16px auto;padding:0 12px;color:#222}
+_CSS = ("""
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:960px;margin:16px auto;"""
+        """padding:0 12px;color:#222}
 .banner{background:#fff3cd;border:2px solid #e0a800;color:#5c4400;padding:8px 12px;border-radius:4px;font-weight:600}
 table{border-collapse:collapse;margin:6px 0;width:100%}
 td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;font-size:92%}
@@ -34,11 +34,8 @@ th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;font
 .case{width:180px;border:1px solid #ccc;border-radius:4px;padding:4px;font-size:80%}
 .case img{width:%dpx;height:%dpx;image-rendering:pixelated;background:#000;display:block}
 .note{color:#555;font-size:88%}
-""".replace("%dpx", f"{THUMB_SIDE}px")
+""").replace("%dpx", f"{THUMB_SIDE}px")
 
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
 
 
 def render_text(report: DiagnosisReport) -> str:
@@ -51,7 +48,8 @@ def render_text(report: DiagnosisReport) -> str:
         lines.append(f"Caption: {report.caption}")
     if report.question:
         lines += [f"Question: {report.question}", "Answer:", wrap(report.answer or "(none)")]
-    lines += ["", f"Overall severity: {report.overall_severity}", "Impression:", wrap(report.impression), "", "Findings:"]
+    lines += ["", f"Overall severity: {report.overall_severity}", "Impression:", wrap(report.impression), "",
+              "Findings:"]
     if not report.findings:
         lines.append("  (none)")
     for f in report.findings:
@@ -68,23 +66,6 @@ def render_text(report: DiagnosisReport) -> str:
     return "\n".join(lines)
 
 
-def thumbnail_uri(path: str | None, side: int = THUMB_SIDE) -> str:
-    """Small inline PNG (data URI) of an image file ('' when it cannot be read)."""
-    if not path:
-        return ""
-    from medxpert_utils.data.images import load_image
-    from medxpert_utils.errors import UserError
-
-    try:
-        img = load_image(path)
-    except (UserError, OSError, ValueError):
-        return ""
-    img.thumbnail((side, side))
-    buffer = _io.BytesIO()
-    img.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def render_html(report: DiagnosisReport, hits: Sequence[Any] | None = None, title: str | None = None,
                 standalone: bool = True) -> str:
     """A self-contained HTML page: disclaimer banner, impression, severity, findings, suggestions,
@@ -94,50 +75,52 @@ def render_html(report: DiagnosisReport, hits: Sequence[Any] | None = None, titl
     cases = [RetrievedCase.from_hit(h) for h in (hits or [])]
     title = title or (f"MedXpert report - {report.query_study_id}" if report.query_study_id else "MedXpert report")
     disclaimer = report.disclaimer or DISCLAIMER
-    head = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style>"
+    head = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style>"
             "</head><body>") if standalone else f"<div class='mx-report-page'><style>{_scoped_css()}</style>"
-    parts = [head, f"<p class='banner' role='alert'>{_esc(disclaimer)}</p>",
-             f"<{'h1' if standalone else 'h3'}>{_esc(title)}</{'h1' if standalone else 'h3'}>"]
+    parts = [head, f"<p class='banner' role='alert'>{esc(disclaimer)}</p>",
+             f"<{'h1' if standalone else 'h3'}>{esc(title)}</{'h1' if standalone else 'h3'}>"]
     meta = []
     if report.query:
-        meta.append(f"<b>Query:</b> {_esc(report.query)}")
+        meta.append(f"<b>Query:</b> {esc(report.query)}")
     if report.caption:
-        meta.append(f"<b>Caption:</b> {_esc(report.caption)}")
+        meta.append(f"<b>Caption:</b> {esc(report.caption)}")
     if meta:
         parts.append("<p>" + "<br>".join(meta) + "</p>")
     if report.question:
-        parts.append(f"<p><b>Question:</b> {_esc(report.question)}<br><b>Answer:</b> {_esc(report.answer)}</p>")
-    parts.append(f"<h2>Impression</h2><p>{_esc(report.impression)}</p><p><b>Overall severity:</b> "
-                 f"<span class='sev sev-{_esc(report.overall_severity)}'>{_esc(report.overall_severity)}</span></p>")
+        parts.append(f"<p><b>Question:</b> {esc(report.question)}<br><b>Answer:</b> {esc(report.answer)}</p>")
+    parts.append(f"<h2>Impression</h2><p>{esc(report.impression)}</p><p><b>Overall severity:</b> "
+                 f"<span class='sev sev-{esc(report.overall_severity)}'>{esc(report.overall_severity)}</span></p>")
     parts.append("<h2>Findings</h2>")
     if report.findings:
         rows = "".join(
-            f"<tr><td>{_esc(f.name)}</td><td>{_esc(f.status)}</td><td>{_esc(f.location)}</td><td>{_esc(f.severity)}</td>"
-            f"<td>{'' if f.confidence is None else f'{f.confidence:.2f}'}</td><td>{_esc(', '.join(f.evidence))}</td></tr>"
+            f"<tr><td>{esc(f.name)}</td><td>{esc(f.status)}</td><td>{esc(f.location)}</td><td>{esc(f.severity)}</td>"
+            f"<td>{'' if f.confidence is None else f'{f.confidence:.2f}'}</td>"
+            f"<td>{esc(', '.join(f.evidence))}</td></tr>"
             for f in report.findings)
         parts.append("<table><tr><th>Finding</th><th>Status</th><th>Location</th><th>Severity</th><th>Confidence</th>"
                      f"<th>Evidence (study_id)</th></tr>{rows}</table>")
     else:
         parts.append("<p>No findings reported.</p>")
     if report.suggestions:
-        parts.append("<h2>Suggestions</h2><ul>" + "".join(f"<li>{_esc(s)}</li>" for s in report.suggestions) + "</ul>")
+        parts.append("<h2>Suggestions</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in report.suggestions) + "</ul>")
     if report.icd10:
         parts.append("<h2>ICD-10-CM</h2><table><tr><th>Code</th><th>Description</th></tr>" + "".join(
-            f"<tr><td><code>{_esc(c.code)}</code></td><td>{_esc(c.description)}</td></tr>" for c in report.icd10) + "</table>")
+            f"<tr><td><code>{esc(c.code)}</code></td><td>{esc(c.description)}</td></tr>"
+            for c in report.icd10) + "</table>")
     parts.append("<h2>Evidence</h2>")
     if cases:
         cards = []
         for case in cases:
-            thumb = thumbnail_uri(case.image_path)
-            img = f"<img alt='case {_esc(case.study_id)}' src='{thumb}'>" if thumb else ""
+            thumb = thumbnail_uri(case.image_path, THUMB_SIDE)
+            img = f"<img alt='case {esc(case.study_id)}' src='{thumb}'>" if thumb else ""
             snippet = case.report if len(case.report) <= 220 else case.report[:220].rsplit(" ", 1)[0] + " ..."
-            cards.append(f"<div class='case'>{img}<b>#{case.rank}</b> {_esc(case.study_id)} "
-                         f"(score {case.score:.3f})<br>{_esc(snippet)}</div>")
+            cards.append(f"<div class='case'>{img}<b>#{case.rank}</b> {esc(case.study_id)} "
+                         f"(score {case.score:.3f})<br>{esc(snippet)}</div>")
         parts.append(f"<div class='cases'>{''.join(cards)}</div>")
     else:
-        parts.append(f"<p>Supporting studies: {_esc(', '.join(report.supporting_study_ids) or '(none)')}</p>")
-    parts.append(f"<p class='note'>Generated by: <b>{_esc(report.generator)}</b></p>"
-                 f"<p class='banner'>{_esc(disclaimer)}</p>" + ("</body></html>" if standalone else "</div>"))
+        parts.append(f"<p>Supporting studies: {esc(', '.join(report.supporting_study_ids) or '(none)')}</p>")
+    parts.append(f"<p class='note'>Generated by: <b>{esc(report.generator)}</b></p>"
+                 f"<p class='banner'>{esc(disclaimer)}</p>" + ("</body></html>" if standalone else "</div>"))
     html_text = "".join(parts)
     return html_text if standalone else html_text.replace("<h2>", "<h4>").replace("</h2>", "</h4>")
 

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medxpert_utils import DISCLAIMER
+from medxpert_utils.core.notices import DISCLAIMER
 
 ObservationName = Literal[
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -48,10 +48,14 @@ class Finding(_Model):
 
     name: ObservationName = Field(..., description="CheXpert observation name.")
     status: FindingStatus = Field(..., description="present, absent or uncertain.")
-    location: str | None = Field(None, description="Laterality or site, e.g. 'right', 'left', 'bilateral', 'right lower lobe'.")
-    severity: str | None = Field(None, description="Size or severity phrase from the evidence, e.g. 'small', 'moderate', 'large'.")
-    evidence: list[str] = Field(default_factory=list, description="study_ids of the retrieved cases supporting this finding.")
-    confidence: float | None = Field(None, ge=0, le=1, description="Support for the finding in [0, 1] (offline: weighted vote).")
+    location: str | None = Field(None, description="Laterality or site, e.g. 'right', 'left', 'bilateral', "
+                                                   "'right lower lobe'.")
+    severity: str | None = Field(None, description="Size or severity phrase from the evidence, e.g. 'small', "
+                                                   "'moderate', 'large'.")
+    evidence: list[str] = Field(default_factory=list, description="study_ids of the retrieved cases supporting "
+                                                                  "this finding.")
+    confidence: float | None = Field(None, ge=0, le=1, description="Support for the finding in [0, 1] "
+                                                                   "(offline: weighted vote).")
 
 
 class Icd10Code(_Model):
@@ -62,21 +66,24 @@ class Icd10Code(_Model):
 
 
 class DiagnosisReport(_Model):
-    """A structured, research-only summary of the evidence for one query (DESIGN: 'Diagnosis report')."""
+    """A structured, research-only summary of the evidence for one query (docs/contracts.md, 'Diagnosis report')."""
 
     findings: list[Finding] = Field(default_factory=list, description="Observations with status and evidence.")
     impression: str = Field("", description="One or two sentences summarising the findings.")
     overall_severity: OverallSeverity = Field("normal", description="See OverallSeverity.")
-    suggestions: list[str] = Field(default_factory=list, description="Next steps a clinician might consider (research only).")
+    suggestions: list[str] = Field(default_factory=list, description="Next steps a clinician might consider "
+                                                                     "(research only).")
     icd10: list[Icd10Code] = Field(default_factory=list, description="ICD-10-CM codes of the present findings.")
-    supporting_study_ids: list[str] = Field(default_factory=list, description="study_ids of the retrieved cases given as evidence.")
+    supporting_study_ids: list[str] = Field(default_factory=list, description="study_ids of the retrieved cases "
+                                                                              "given as evidence.")
     generator: str = Field(..., description="What produced the report: 'offline-retrieval', 'gemini:<model>' or "
                                             "'offline-retrieval (fallback: <reason>)'.")
     question: str | None = Field(None, description="The free-text question asked, if any.")
     answer: str | None = Field(None, description="Answer to the question, drawn from the findings and evidence.")
     caption: str | None = Field(None, description="BLIP caption of the query image, if one was made.")
     query: str | None = Field(None, description="The text query, or the image's file name.")
-    query_study_id: str | None = Field(None, description="study_id of the query when it comes from the dataset (notebook 05).")
+    query_study_id: str | None = Field(None, description="study_id of the query when it comes from the dataset "
+                                                         "(notebook 05).")
     disclaimer: str = Field(DISCLAIMER, description="Not-for-clinical-use notice; always present.")
 
     def present(self) -> list[Finding]:

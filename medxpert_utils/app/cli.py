@@ -1,0 +1,172 @@
+"""``medxpert`` command line: the notebooks' work in batch.
+
+Subcommands: ``run`` (the notebook chain), ``search``, ``diagnose``, ``eval``, ``export-csv``,
+``sweep``. ``--run`` takes a run name under ``outputs/`` or a path to a run folder. User
+mistakes print one line to stderr and exit 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medxpert_utils.assistant import Assistant
+from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.stage import parse_overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medxpert_utils.app.pipeline import ChainFailed, run_chain
+
+    try:
+        run_chain(args.params, args.run, parse_overrides(args.set), start=args.start, only=args.only, until=args.until)
+    except ChainFailed:
+        return 1  # the pipeline already printed which notebook failed and where to look
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from medxpert_utils.retrieval.search import format_hits
+
+    assistant = Assistant(args.run)
+    if args.text is not None:
+        hits = assistant.search(text=args.text, k=args.k, model=args.model)
+        query = args.text
+    else:
+        hits = assistant.search(image=args.image, k=args.k, model=args.model)
+        query = str(args.image)
+    if args.json:
+        print(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, indent=2))
+    else:
+        print(format_hits(hits))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from medxpert_utils.report import render_text
+
+    report = Assistant(args.run).diagnose(image=args.image, text=args.text, question=args.question, k=args.k,
+                                          generator=args.generator, model=args.model)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print(render_text(report))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from medxpert_utils.retrieval.evaluation import evaluate_run, format_table
+
+    result = evaluate_run(args.run, write=args.write)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def cmd_export_csv(args: argparse.Namespace) -> int:
+    from medxpert_utils.retrieval.search import export_csv
+
+    path = export_csv(args.run, split=args.split, k=args.k, model=args.model, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from medxpert_utils.app.sweep import run_sweep
+
+    summary = run_sweep(args.sweep, until=args.until, parallel=args.parallel, dry_run=args.dry_run)
+    # run_sweep has printed each failure and where to look; the exit code tells scripts and CI.
+    compared = (summary.get("comparison") or {}).get("status") != "failed"
+    return 0 if summary.get("failed", 0) == 0 and compared else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medxpert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the notebook chain with papermill")
+    p.add_argument("params", nargs="?", default="params/demo.yaml", help="params YAML or profile name (default: demo)")
+    p.add_argument("--run", help="run name under outputs/ or a path (default: the profile's name)")
+    p.add_argument("--from", dest="start", help="start at this notebook number, e.g. 02 (resume)")
+    p.add_argument("--only", nargs="+", help="run only these notebook numbers")
+    p.add_argument("--until", help="stop after this notebook number")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param, e.g. --set train.epochs=1")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("search", help="top-K similar cases for a text or image query")
+    p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="free-text query, e.g. 'signs of pneumonia'")
+    q.add_argument("--image", type=Path, help="chest X-ray file (PNG, JPEG or DICOM)")
+    p.add_argument("-k", type=int, default=5, help="number of hits (clamped to the corpus size)")
+    p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("diagnose", help="structured diagnosis report for an image or a text query (research only)")
+    p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", type=Path, help="chest X-ray file (PNG, JPEG or DICOM)")
+    q.add_argument("--text", help="free-text description or query")
+    p.add_argument("--question", help="optional question to answer, e.g. 'signs of pneumonia?'")
+    p.add_argument("-k", type=int, default=None, help="retrieved cases used as evidence (default: params report.top_k)")
+    p.add_argument("--generator", default="auto", choices=["auto", "offline", "gemini"],
+                   help="auto: Gemini when GEMINI_API_KEY/GOOGLE_API_KEY is set, else the offline reporter")
+    p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
+    p.add_argument("--json", action="store_true", help="print the DiagnosisReport as JSON")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("eval", help="recompute the retrieval table from a run's saved embeddings")
+    p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
+    p.add_argument("--json", action="store_true", help="print the metrics JSON")
+    p.add_argument("--write", action="store_true", help="also rewrite metrics/retrieval.json and the CSV table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export-csv", help="every query of a split with its top-K hits, as CSV")
+    p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
+    p.add_argument("--out", type=Path, help="CSV path (default: <run>/exports/<split>_top<k>_<model>.csv)")
+    p.set_defaults(func=cmd_export_csv)
+
+    p = sub.add_parser("sweep", help="run the chain once per parameter combination of a sweep file")
+    p.add_argument("sweep", help="sweep YAML, e.g. params/sweeps/demo_grid.yaml")
+    p.add_argument("--until", help="run each combination only up to this notebook number, e.g. 03")
+    p.add_argument("--parallel", type=int, default=None, help="runs at once (default: the sweep file's, else 1)")
+    p.add_argument("--dry-run", action="store_true", help="list the combinations and run names, run nothing")
+    p.set_defaults(func=cmd_sweep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "k", 1) is not None and getattr(args, "k", 1) <= 0:
+        parser.error("-k must be a positive number of hits")
+    if getattr(args, "text", None) is not None and not args.text.strip():
+        print("medxpert: error: empty query - pass a non-empty --text, e.g. --text 'signs of pneumonia'",
+              file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"medxpert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medxpert: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

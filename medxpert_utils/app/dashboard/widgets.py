@@ -1,0 +1,67 @@
+"""The dashboard's controls: small functions that each return one widget (wired in :mod:`.controller`)."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+
+from medxpert_utils.app.dashboard.render import CSS
+from medxpert_utils.core.notices import DISCLAIMER
+from medxpert_utils.viz.html import esc
+
+ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom"
+MODELS = (("fine-tuned", "fine_tuned"), ("zero-shot", "zero_shot"))
+
+
+def header() -> widgets.HTML:
+    """The page's styles and the not-for-clinical-use notice, first thing on the page."""
+    return widgets.HTML(f'{CSS}<p class="mx-banner mx-disclaimer">{esc(DISCLAIMER)}</p>')
+
+
+def run_picker(options: list[tuple[str, str]], value: str | None) -> widgets.Dropdown:
+    return widgets.Dropdown(options=options, value=value if value in {v for _, v in options} else None,
+                            description="Run", layout=widgets.Layout(width="480px"))
+
+
+def upload_button() -> widgets.FileUpload:
+    return widgets.FileUpload(accept=ACCEPT, multiple=False, description="Upload X-ray",
+                              tooltip="PNG, JPEG or DICOM chest X-ray")
+
+
+def query_box() -> widgets.Textarea:
+    return widgets.Textarea(placeholder="Free-text query, or a question (ending in ?) about the query or the uploaded "
+                                        "image, e.g. 'signs of pneumonia?'",
+                            description="Query", layout=widgets.Layout(width="480px", height="60px"))
+
+
+def k_slider(default: int) -> widgets.IntSlider:
+    return widgets.IntSlider(value=default, min=1, max=50, description="Top K", continuous_update=False)
+
+
+def model_toggle() -> widgets.ToggleButtons:
+    return widgets.ToggleButtons(options=MODELS, value="fine_tuned", description="CLIP",
+                                 style={"button_width": "90px", "description_width": "50px"})
+
+
+def gemini_checkbox(available: bool) -> tuple[widgets.Checkbox, widgets.HTML]:
+    box = widgets.Checkbox(value=available, disabled=not available, description="Use Gemini for the report",
+                           indent=False)
+    note = ("" if available
+            else "No GEMINI_API_KEY / GOOGLE_API_KEY set: the offline retrieval reporter writes the report.")
+    return box, widgets.HTML(f'<span class="mx-note">{esc(note)}</span>')
+
+
+def action_button(label: str, style: str = "", icon: str = "") -> widgets.Button:
+    return widgets.Button(description=label, button_style=style, icon=icon)
+
+
+def status_line() -> tuple[widgets.IntProgress, widgets.HTML, widgets.HTML]:
+    progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px", visibility="hidden"))
+    return progress, widgets.HTML(), widgets.HTML()
+
+
+def image_view() -> widgets.Image:
+    return widgets.Image(format="png", layout=widgets.Layout(max_width="320px"))
+
+
+def section(title: str, *children: widgets.Widget) -> widgets.VBox:
+    return widgets.VBox([widgets.HTML(f"<h3 style='margin:6px 0 2px'>{esc(title)}</h3>"), *children])

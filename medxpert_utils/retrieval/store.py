@@ -1,0 +1,172 @@
+"""The embedding store of a run (the leaf the index, metrics and search read): ``embeddings/<model>/`` for model in
+{zero_shot, fine_tuned}.
+
+Layout (docs/contracts.md, "Embeddings"):
+
+* ``image.npy``, ``text.npy`` - float32, L2-normalised, one row per manifest row of the evaluated
+  split (params ``embed.eval_split``), in manifest order; ``ids.parquet`` - ``study_id``,
+  ``report_group`` (same normalised report text -> same group, ids 0..G-1 within the split).
+* ``corpus/`` - the same three files for the search corpus (params ``embed.corpus_splits``).
+* ``rows.parquet`` (in both folders) - what hits show: manifest ``row``, ``study_id``, ``image_path``,
+  ``report``, ``split``, ``report_group`` and the 14 label columns.
+* ``cache_key.json`` - hash of the model files, the manifest content and the preprocessing params,
+  written last: a rerun with the same inputs reuses the files, any change recomputes them.
+
+The eval split and the corpus are embedded once, as one set of rows, and sliced. Each distinct
+report text is embedded once and broadcast to its rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from medxpert_utils.core import io
+from medxpert_utils.core.errors import RunNotReadyError
+
+if TYPE_CHECKING:
+    from medxpert_utils.core.config import Config
+
+EMBED_VERSION = "embed-v1"  # bump when the embedding code changes what it produces
+CACHE_KEY_FILE = "cache_key.json"
+IDS_FILE = "ids.parquet"
+ROWS_FILE = "rows.parquet"
+CORPUS_DIR = "corpus"
+META_COLUMNS = ("study_id", "image_path", "report", "split")
+_HASH_CHUNK = 1 << 22
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Embeddings:
+    """One saved embedding folder: vectors, ids and per-row metadata, plus its cache key."""
+
+    path: Path
+    image: np.ndarray
+    text: np.ndarray
+    ids: pd.DataFrame
+    rows: pd.DataFrame
+    cache_key: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_embeddings(folder: str | os.PathLike, corpus: bool = False, mmap: bool = False) -> Embeddings:
+    """Load ``embeddings/<model>/`` (or its ``corpus/`` with ``corpus=True``).
+
+    Raises :class:`RunNotReadyError` naming notebook 02 when the folder is incomplete.
+    """
+    root = Path(folder)
+    where = root / CORPUS_DIR if corpus else root
+    needed = [where / "image.npy", where / "text.npy", where / IDS_FILE, where / ROWS_FILE, root / CACHE_KEY_FILE]
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise RunNotReadyError(f"embeddings missing at {where} ({missing[0].name}) - run notebook 02 "
+                               "(02_embed_index) first")
+    mode = "r" if mmap else None
+    return Embeddings(path=where, image=np.load(where / "image.npy", mmap_mode=mode),
+                      text=np.load(where / "text.npy", mmap_mode=mode), ids=pd.read_parquet(where / IDS_FILE),
+                      rows=pd.read_parquet(where / ROWS_FILE), cache_key=io.read_json(root / CACHE_KEY_FILE))
+
+
+# --- cache key ----------------------------------------------------------------------------------------------
+
+def _hash_folder(folder: Path) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stamp = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _hash_files(str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(folder: str, stamp: tuple) -> str:
+    """Content hash of the files in ``stamp``; memoised on (name, size, mtime) so a big model is read once."""
+    digest = hashlib.sha256()
+    for relative, _, _ in stamp:
+        digest.update(relative.encode() + b"\0")
+        with open(Path(folder) / relative, "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\1")
+    return digest.hexdigest()
+
+
+def _local_model_folder(spec: str) -> Path | None:
+    """The folder a spec loads from: itself, or the Hugging Face cache snapshot of a hub id."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # not cached / not a hub id: loading will say what is missing
+        return None
+
+
+def weights_fingerprint(spec: str) -> str:
+    """sha256 of every file of the model folder (weights, config, tokenizer, image processor)."""
+    folder = _local_model_folder(spec)
+    return _hash_folder(folder) if folder is not None else f"unresolved:{spec}"
+
+
+def cache_key(cfg: "Config", model: str, spec: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """Inputs that decide the embeddings: model files, manifest content, preprocessing and splits."""
+    from medxpert_utils.data.manifest import content_hash
+
+    components = {
+        "version": EMBED_VERSION,
+        "model": model,
+        "weights_sha256": weights_fingerprint(spec),
+        "manifest_sha256": content_hash(frame),
+        "max_length": cfg.clip.max_length,
+        "eval_split": cfg.embed.eval_split,
+        "corpus_splits": sorted(cfg.embed.corpus_splits),
+    }
+    blob = json.dumps(components, sort_keys=True).encode()
+    # The spec (a folder path) is recorded but not hashed: a copied run with the same files reuses its vectors.
+    return {"key": hashlib.sha256(blob).hexdigest()[:20], **components, "model_spec": spec}
+
+
+def is_cached(folder: str | os.PathLike, key: dict[str, Any]) -> bool:
+    """True when ``folder`` holds complete embeddings written under ``key``."""
+    root = Path(folder)
+    try:
+        saved = io.read_json(root / CACHE_KEY_FILE)
+    except (OSError, ValueError):
+        return False
+    files = [root / n for n in ("image.npy", "text.npy", IDS_FILE, ROWS_FILE)]
+    files += [root / CORPUS_DIR / n for n in ("image.npy", "text.npy", IDS_FILE, ROWS_FILE)]
+    return saved.get("key") == key["key"] and all(p.is_file() for p in files)
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+
+def row_table(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    from medxpert_utils.data.labels import CHEXPERT_LABELS
+    from medxpert_utils.data.manifest import report_groups
+
+    part = frame.iloc[positions]
+    rows = pd.DataFrame({"row": positions.astype(np.int64)})
+    for col in META_COLUMNS:
+        rows[col] = part[col].astype(str).to_numpy()
+    rows["report_group"] = report_groups(rows["report"].tolist())
+    for label in CHEXPERT_LABELS:
+        rows[label] = part[label].astype("Int8").to_numpy()
+    return rows
+
+
+def write_set(folder: Path, image: np.ndarray, text: np.ndarray, rows: pd.DataFrame) -> None:
+    io.write_npy(folder / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
+    io.write_npy(folder / "text.npy", np.ascontiguousarray(text, dtype=np.float32))
+    io.write_parquet(folder / IDS_FILE, rows[["study_id", "report_group"]])
+    io.write_parquet(folder / ROWS_FILE, rows)
