@@ -6,9 +6,9 @@
 #   ./run_all.sh --dashboard [--run NAME] [--port N]
 #   ./run_all.sh --sweep params/sweeps/NAME.yaml [--until NN] [--parallel N]
 #
-# Sets up what it needs: when this Python lacks the dependencies it creates .venv and installs them
-# (torch==2.13.0 first, the CPU build, so pip never picks a multi-GB CUDA build for the torch range);
-# when they are importable it installs nothing.
+# Sets up what it needs: when this Python lacks the dependencies it creates .venv and installs them from the
+# lock, requirements/cpu.lock (exact versions with hashes; torch is its CPU build, never a multi-GB CUDA build);
+# when they are importable it installs nothing (run.json records where the environment differs from the lock).
 set -euo pipefail
 # On a shared CPU, spinning OpenMP threads slow every torch step several-fold; yield instead.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
@@ -46,7 +46,7 @@ done
 CHECK_IMPORTS='import torch, transformers, tokenizers, datasets, faiss, pandas, pyarrow, PIL, pydicom, seaborn, \
 sklearn, scipy, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
 voila, accelerate, pydantic, yaml, tqdm'
-TEST_IMPORTS='import pytest, playwright.sync_api'
+TEST_IMPORTS='import pytest, playwright.sync_api, importlinter, ruff'
 
 have_deps() { "$1" -c "$CHECK_IMPORTS${2:+; $2}" >/dev/null 2>&1; }
 
@@ -65,13 +65,12 @@ pick_python() {
 
 bootstrap_venv() {
   local base="${PYTHON:-python3}"
-  echo "run_all.sh: dependencies missing - creating .venv and installing them (one time)" >&2
+  echo "run_all.sh: dependencies missing - creating .venv and installing them from requirements/cpu.lock (one time)" >&2
   [ -x .venv/bin/python ] || "$base" -m venv .venv
-  .venv/bin/python -m pip install --upgrade pip >&2
-  if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
-    .venv/bin/python -m pip install "${MEDXPERT_TORCH_SPEC:-torch==2.13.0}" >&2
-  fi
-  .venv/bin/python -m pip install -e ".[test]" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  # Exact versions with hashes (torch is its CPU build); then this checkout, without resolving anything else.
+  .venv/bin/python -m pip install -q --require-hashes -r "${MEDXPERT_LOCK:-requirements/cpu.lock}" >&2
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >&2
   echo "$ROOT/.venv/bin/python"
 }
 

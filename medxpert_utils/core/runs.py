@@ -1,6 +1,6 @@
 """The run record: ``outputs/<run>/run.json``.
 
-It holds the resolved params, git commit, package versions, seed, data hash and, per
+It holds the resolved params, git commit, package versions, the environment lock's hash, seed, data hash and, per
 notebook, status and wall time, plus the history of attempts. Every writer re-reads the
 file and replaces it atomically, so the pipeline and the notebook kernels it starts can
 both add to it.
@@ -18,6 +18,7 @@ from typing import Any
 from medxpert_utils.core import io
 from medxpert_utils.core.config import Config
 from medxpert_utils.core.errors import RunNotReadyError
+from medxpert_utils.core.lock import lock_record
 from medxpert_utils.core.paths import PROJECT_ROOT, outputs_dir, resolve_run_dir
 
 KEY_PACKAGES = (
@@ -28,7 +29,7 @@ KEY_PACKAGES = (
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def git_commit() -> dict[str, Any]:
@@ -90,6 +91,7 @@ def prepare(cfg: Config) -> Config:
         seed=cfg.params.seed,
         git=git_commit(),
         packages=package_versions(),
+        environment_lock=lock_record(),
         python=platform.python_version(),
         machine=f"{platform.machine()} {platform.system()} {platform.release()}",
         updated=now(),

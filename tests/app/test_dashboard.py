@@ -13,7 +13,7 @@ import io
 import json
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +118,7 @@ def _board(run_dir: Path | None, **environ) -> dashboard.Dashboard:
 
 def _upload_value(content: bytes, name: str = "xray.png") -> tuple[dict, ...]:
     return ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content),
-             "last_modified": datetime(2024, 1, 1, tzinfo=timezone.utc)},)
+             "last_modified": datetime(2024, 1, 1, tzinfo=UTC)},)
 
 
 def _text(widget) -> str:
