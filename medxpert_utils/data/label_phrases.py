@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-_W = r"(?:(?!(?:no|not|without|normal)\b)[\w-]+ )"  # one modifier word that is not a negation
+_W = r"(?:(?!(?:no|not|without|normal|borderline)\b)[\w-]+ )"  # one modifier word: not a negation or hedge
 _BE = r"(?:is |are |remains? |appears? |is again |has become |have become |has |have )?"
 
 MENTION_PHRASES: dict[str, tuple[str, ...]] = {
@@ -28,7 +28,9 @@ MENTION_PHRASES: dict[str, tuple[str, ...]] = {
         r"cardiac enlargement",
         rf"enlarged {_W}{{0,1}}(?:heart|cardiac (?:silhouette|contour|shadow))",
         r"enlargement of the (?:heart|cardiac silhouette)",
-        rf"(?:heart|cardiac (?:silhouette|size|contour|shadow))(?: size)? {_BE}{_W}{{0,2}}(?:enlarged|increased)",
+        rf"(?:heart|cardiac (?:silhouette|size|contour|shadow))(?: size)? {_BE}{_W}{{0,2}}(?:enlarged|increased|large)",
+        r"heart enlargement",
+        r"increased? in (?:the )?(?:heart|cardiac) size",
     ),
     "Lung Opacity": (
         r"opacit(?:y|ies)",
@@ -46,31 +48,29 @@ MENTION_PHRASES: dict[str, tuple[str, ...]] = {
     ),
     "Lung Lesion": (
         r"nodules?",
-        r"nodular(?:ity)?",
         r"mass(?:es)?",
         r"lesions?",
         r"neoplasms?",
         r"tumou?rs?",
         r"carcinoma",
+        r"lung cancer",
         r"malignancy",
         r"metastas[ie]s",
         r"metastatic disease",
+        r"mass[- ]?like",
     ),
     "Edema": (
         r"o?edema",
         r"(?:pulmonary|interstitial|alveolar) o?edema",
-        r"(?:pulmonary )?(?:vascular|venous) (?:congestion|engorgement)",
-        r"pulmonary congestion",
         r"perihilar haz(?:e|iness)",
-        r"fluid overload",
         r"kerley(?: b)? lines",
-        r"cephalization",
     ),
     "Consolidation": (
         r"consolidat(?:ion|ions|ive|ed|ing)",
     ),
     "Pneumonia": (
         r"(?:broncho)?pneumonias?",
+        r"pneumonitis",
         r"pneumonic",
         r"infections?",
         r"infectious(?: process)?",
@@ -146,43 +146,61 @@ NOT_MENTIONS: tuple[str, ...] = (
     r"pericardial effusions?",
     r"joint effusions?",
     r"mass effect",
-    r"(?:lytic|sclerotic|osseous|bony|bone|skin|cutaneous) lesions?",
+    r"(?:lytic|sclerotic|blastic|lucent|expansile|destructive|osseous|bony|bone|skin|cutaneous) lesions?",
+    r"lesions? (?:of|in|involving) the (?:[\w-]+ ){0,4}?(?:ribs?|spine|humer(?:us|al head)|clavicles?|scapulae?|"
+    r"sternum|vertebra[el]?|bones?)",
+    r"(?:mediastinal|pericardial|pleural|breast|chest wall|soft tissue|neck|thyroid|abdominal) mass(?:es)?",
+    # Healed infection is history, not pneumonia ("scars of old granulomatous infection").
+    r"(?:granulomatous|tuberculous|mycobacterial|fungal) (?:infections?|disease|process)",
+    r"(?:old|prior|previous|remote|healed|past) (?:(?:granulomatous|tuberculous|tuberculosis|pulmonary|active|"
+    r"lung) ){0,3}(?:infections?|pneumonias?|infectious process)",
     r"bone density",
     r"(?:soft tissue|subcutaneous) o?edema",
     r"(?:vertebral|vertebral body) collapse",
     r"nipple shadows?",
+    # A broken device is not a broken bone.
+    r"(?:lead|wire|catheter|line|tube|generator)s? fractures?",
+    r"fractur(?:e|ed) (?:of )?(?:the |a |an )?(?:[\w-]+ )?(?:sternotomy |sternal )?(?:wires?|leads?|catheters?)",
 )
 
-# Uncertainty cues before the mention ("possible pneumonia") ...
+# Uncertainty cues before the mention ("possible pneumonia") ... A finding called probable, likely, presumed,
+# consistent with or compatible with is not hedged here: those words are no cue, so it stays positive (1), as in
+# NegBio / ChestX-ray14 and in radiologists' use. "Less likely" is still a hedge, "unlikely" a negation.
+_FULLY = r"(?:entirely |completely |definitely |confidently |fully |totally |definitively )?"
 UNCERTAIN_BEFORE: tuple[str, ...] = (
-    r"cannot (?:be )?(?:entirely |completely |definitely )?(?:exclude|excluded|rule out|ruled out)",
-    r"can not (?:be )?(?:entirely |completely |definitely )?(?:exclude|excluded|rule out|ruled out)",
+    rf"(?:cannot|can not|difficult to|unable to) (?:be )?{_FULLY}(?:exclude|excluded|rule out|ruled out)",
+    r"exclude|rule-out",
+    r"(?:appropriate )?clinical (?:setting|context)(?:,? (?:this|these|it|findings?) "
+    r"(?:is|are|could be|may be|would be))?",
     r"could (?:not )?(?:represent|reflect|be|indicate)",
     r"may (?:represent|reflect|be|indicate|have|also)?",
     r"might(?: represent| reflect| be)?",
+    r"maybe",
     r"possib(?:le|ly|ility of)",
-    r"probabl(?:e|y)",
-    r"(?:most |more )?likely",
-    r"presumabl[ey]|presumed",
     r"suspect(?:ed)?|suspicious for|suspicion (?:of|for)",
     r"concern(?:ing)? (?:for|about)",
-    r"questionabl[ey]|question of",
+    r"questionabl[ey]|question(?: of)?",
     r"suggest(?:s|ed|ing|ive of)?",
     r"worrisome for",
+    r"favou?ring",
     r"(?:differential|ddx) (?:diagnosis )?(?:includes?|of)?",
-    r"(?:evaluate|assess|eval) for|rule out|r/o",
-    r"equivocal|indeterminate|borderline|uncertain|apparent",
+    r"(?:evaluate|assess|eval|evaluation|assessment) (?:for|of)|rule out|r/o",
+    r"equivocal|indeterminate|uncertain|apparent",
 )
 # ... and after it ("pneumonia cannot be excluded", "effusion is possible").
 UNCERTAIN_AFTER: tuple[str, ...] = (
-    r"(?:cannot|can not|could not|not) (?:be )?(?:entirely |completely |definitely )?(?:excluded|ruled out)",
-    r"(?:is|are|was|were|remains?) (?:also |still )?(?:possible|likely|probable|suspected|questionable|"
+    rf"(?:cannot|can not|could not|not) (?:be |been )?{_FULLY}(?:excluded|ruled out)",
+    rf"(?:is |are )?difficult to {_FULLY}(?:exclude|rule out)",
+    r"(?:is|are|was|were|remains?) (?:also |still )?(?:possible|less likely|suspected|questionable|"
     r"not excluded|a (?:possibility|consideration)|(?:a )?concern)",
     r"(?:may|might|could) (?:also )?(?:be (?:present|seen|noted|developing|superimposed|contributing|"
     r"possible|a consideration)|exist|persist)",
+    r"in question",
 )
-# Either side: "? pneumonia", "pneumonia?".
-UNCERTAIN_EITHER: tuple[str, ...] = (r"\?",)
+# Either side: "? pneumonia", "pneumonia?", "less likely pneumonia", "pneumonia less likely".
+UNCERTAIN_EITHER: tuple[str, ...] = (r"\?", r"suspected|questioned", r"less (?:likely|probable)")
+# Either side too: "resolved pneumonia", "the pneumonia has resolved".
+NEGATION_EITHER: tuple[str, ...] = (r"(?:interval(?:ly)? )?resolved",)
 NEGATION_BEFORE: tuple[str, ...] = (
     r"there (?:is|are) no",
     r"no (?:evidence|signs?|findings?) of",
@@ -197,8 +215,22 @@ NEGATION_BEFORE: tuple[str, ...] = (
     r"unlikely",
     r"ruled out for|rather than|neither|nor",
 )
+# History and hypotheticals: the mention is dropped ("history of pneumonia", "could obscure a nodule",
+# "correlate clinically for pneumonia"). They reach only the next few words (see the labeler).
+IGNORE_BEFORE: tuple[str, ...] = (
+    r"(?:(?:past|prior|previous|known|remote) )?(?:medical )?(?:history|hx) of",
+    r"h/o",
+    r"(?:clinical(?:ly)? )?correlat(?:e|ion)(?: clinically)? (?:for|with|as to)",
+    r"(?:could|may|might|can|would) (?:obscure|mask|hide)",
+    r"detecting|detection of|to detect|screening for",
+)
+# ... and after it: described on another study ("nodules were seen on the prior CT").
+IGNORE_AFTER: tuple[str, ...] = (
+    r"(?:previously )?(?:seen|identified|noted|demonstrated|described|visuali[sz]ed) on (?:the |a |an )?"
+    r"(?:[\w-]+ ){0,2}?(?:ct|cts|cat scan|pet|mri|ultrasound)",
+)
 NEGATION_AFTER: tuple[str, ...] = (
-    r"(?:(?:is|are|was|were|has|have) )?(?:not|no longer) (?:been )?(?:\w+ )?(?:seen|identified|visuali[sz]ed|"
+    r"(?:(?:is|are|was|were|has|have) )?(?:not|no longer) (?:been )?(?:\w+[ -])?(?:seen|identified|visuali[sz]ed|"
     r"appreciated|present|evident|demonstrated|detected|noted|visible|apparent)",
     r"(?:(?:has|have) )?(?:(?:since|now|completely|nearly|largely) )?(?:resolved|cleared)",
     r"(?:(?:has|have) been )?removed",
@@ -233,33 +265,53 @@ CLAUSE_BREAKS: tuple[str, ...] = (
 # Between a cue before and its mention: a new finding starts, so the cue stops here.
 SCOPE_STOP = (
     r"[,;] ?(?:and |or )?(?:the|there|this|these|it|which)\b"
-    r"|, ?(?:a|an|new|small|smaller|mild|mildly|moderate|moderately|large|larger|severe|minimal|trace|tiny|"
-    r"increased|increasing|persistent|persisting|stable|unchanged|worsening|worsened|improving|improved|"
-    r"likely|possible|possibly|probable|probably|suspected|residual|interval|extensive|massive|marked|"
-    r"markedly|again|although)\b"
+    r"|, ?(?:a|an|new|increased|increasing|persistent|persisting|stable|unchanged|worsening|worsened|improving|"
+    r"improved|likely|possible|possibly|probable|probably|suspected|residual|interval|again|although)\b"
     r"|\b(?:and|with|plus) (?:the|a|an|there)\b"
+    r"|\bwith(?<!compatible with)(?<!consistent with) (?:(?:bilateral|left|right|new) )?(?:small|moderate|large|mild|"
+    r"minimal|trace|tiny)\b"
     r"|\b(?:is|are|was|were) (?:\w+ )?(?:seen|noted|present|identified|demonstrated)\b"
 )
+# A size word after a comma starts a new finding too ("no pneumothorax, small left effusion"), unless the list
+# goes on to an "or" ("no consolidation, large effusion, or pneumothorax": one negated list).
+LIST_ITEM_STOP = (r", ?(?:small|smaller|mild|mildly|moderate|moderately|large|larger|severe|minimal|trace|tiny|"
+                  r"extensive|massive|marked|markedly)\b")
+LIST_OR = r"\b(?:or|nor)\b"
 # Between two mentions: a differential ("atelectasis or pneumonia", "effusion versus atelectasis").
-DIFFERENTIAL = r"^[ ,]*(?:[\w-]+[ ,]+){0,3}?(?:and/or|or|versus|vs\.?) (?:[\w-]+ ){0,3}$"
+_NOT_NEG = r"(?!(?:no|not|without|with)\b)"
+DIFFERENTIAL = rf"^ ?(?:{_NOT_NEG}[\w-]+ ){{0,3}}?,? ?(?:and/or|or|versus|vs\.?) (?:{_NOT_NEG}[\w-]+ ){{0,3}}$"
+# Whether each named alternative of a differential is uncertain (-1, CheXpert) or keeps its own value (False:
+# positive unless a cue says otherwise, as in NegBio / ChestX-ray14; measured better, see docs/labeler.md).
+DIFFERENTIAL_UNCERTAIN = False
 
-# Fixed-value normal statements: (observation, value, anchor, predicate). "<anchor> [filler] [is|are]
-# <predicate>" or "<predicate> <anchor>" ("normal heart size").
+# Report sections that say why the study was done or what came before, not what it shows: skipped up to the next
+# heading or blank line ("INDICATION: rule out pneumonia", "HISTORY: prior pneumothorax").
+SKIPPED_SECTIONS = (r"indications?|(?:clinical )?history|clinical (?:information|indications?|data|notes?)|"
+                    r"reason for (?:exam(?:ination)?|study|request|referral)|comparisons?|technique|procedure")
+# Any section heading: an all-capitals name or a known one, then a colon.
+SECTION_HEADING = (r"(?<![\w-])(?:[A-Z][A-Z/&()-]+(?: [A-Z][A-Z/&()-]+){0,4}"
+                   rf"|(?i:findings?|impressions?|conclusions?|summary|recommendations?|{SKIPPED_SECTIONS})) ?:")
+
+# Fixed-value normal statements: (observation, value, anchor, predicate, predicate before the anchor):
+# "<anchor> [filler] [is|are] <predicate>", or "<predicate before> <anchor>" ("normal heart size").
 _NORMAL = (r"normal(?: in size| size| caliber)?|within normal limits|unremarkable|of normal size|"
            r"not (?:enlarged|widened|engorged|congested)")
-NORMAL_STATEMENTS: tuple[tuple[str, int, str, str], ...] = (
-    ("Cardiomegaly", 0,
-     r"heart(?: size)?|cardiac (?:size|silhouette|contours?|shadow)|size of the heart", _NORMAL),
-    ("Cardiomegaly", -1,
-     r"heart(?: size)?|cardiac (?:size|silhouette|contours?)",
-     r"(?:at )?(?:the )?(?:top|upper|high)(?:[- ](?:limits? of|range of|end of))?[- ]normal"
-     r"|borderline(?: enlarged| in size)?"),
-    ("Enlarged Cardiomediastinum", 0,
-     r"(?:cardio)?mediastinal(?: (?:silhouette|contours?|width|size))?|(?:cardio)?mediastinum", _NORMAL),
-    ("Lung Opacity", 0, r"lungs?(?: fields?| parenchyma)?", r"clear|normal|unremarkable"),
+_NORMAL_BEFORE = r"normal|unremarkable"
+# "Upper limits of normal" is still normal.
+_TOP_NORMAL = r"(?:top|upper|high)(?:[- ](?:limits?|range|end)(?: of)?)?[- ]normal(?: limits)?(?: (?:in|for) size)?"
+_HEART = r"heart(?: size)?|cardiac (?:size|silhouette|contours?)"
+NORMAL_STATEMENTS: tuple[tuple[str, int, str, str, str], ...] = (
+    ("Cardiomegaly", 0, _HEART + r"|cardiac shadow|size of the heart", _NORMAL, _NORMAL_BEFORE),
+    ("Cardiomegaly", 0, _HEART, _TOP_NORMAL, _TOP_NORMAL),
+    # "Borderline" heart size is read as (mild) cardiomegaly, as in NegBio / ChestX-ray14 (docs/labeler.md).
+    ("Cardiomegaly", 1, _HEART, r"borderline(?: enlarged| in size)?", r"borderline"),
+    ("Enlarged Cardiomediastinum", 0, r"(?:cardio)?mediastinal(?: (?:silhouette|contours?|width|size))?|"
+     r"(?:cardio)?mediastinum", _NORMAL, _NORMAL_BEFORE),
+    ("Lung Opacity", 0, r"lungs?(?: fields?| parenchyma)?", r"clear|normal|unremarkable", r"clear|normal|unremarkable"),
     ("Pleural Effusion", 0, r"costophrenic (?:angles?|sulci)|pleural spaces?",
+     r"sharp(?:ly defined)?|clear|normal|preserved|well[- ]defined|unremarkable",
      r"sharp(?:ly defined)?|clear|normal|preserved|well[- ]defined|unremarkable"),
-    ("Edema", 0, r"(?:pulmonary )?(?:vasculature|vascularity|vessels)|vascular markings", _NORMAL),
+    ("Edema", 0, r"(?:pulmonary )?(?:vasculature|vascularity|vessels)|vascular markings", _NORMAL, _NORMAL_BEFORE),
 )
 # A normal statement's filler may not run over these (it would be about something else).
 STATEMENT_STOP = (r"(?:enlarg|widen|increas|promin|abnormal|not\b|no\b|but\b|however|although|volume|opaci|"

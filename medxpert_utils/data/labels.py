@@ -1,62 +1,85 @@
 """CheXpert-style rule labeler: the 14 CheXpert observations from a free-text chest radiograph report.
 
 It follows the approach of the CheXpert labeler (Irvin et al., 2019) with regular expressions in place
-of a dependency parse:
+of a dependency parse (docs/labeler.md has the conventions and how it measures on real reports):
 
+0. Prepare the text: indication, history, comparison and technique sections are skipped (they say why the
+   study was done, not what it shows); de-identification placeholders ("XXXX", "___") are dropped.
 1. Split the report into sentences, and each sentence into clauses at contrastive words
    ("but", "however", "although", ...) and at a fresh "there is/are".
-2. Find mentions with per-observation phrase tables (``MENTION_PHRASES`` in :mod:`.label_phrases`). Phrases that only look like a
-   mention ("pericardial effusion", "mass effect") are matched too and dropped. Matches do not overlap:
-   the leftmost wins, longer phrases first, so "perihilar haziness" is Edema, not Lung Opacity.
+2. Find mentions with per-observation phrase tables (``MENTION_PHRASES`` in :mod:`.label_phrases`). Phrases
+   that only look like a mention ("pericardial effusion", "mass effect", "rib lesion", "granulomatous
+   infection", "lead fracture") are matched too and dropped. Matches do not overlap: the leftmost wins,
+   longer phrases first, so "perihilar haziness" is Edema, not Lung Opacity.
 3. Classify each mention by the cues in scope:
-   - a negation cue -> 0 ("no", "without", "free of", "negative for", "has resolved", "not seen", ...);
-   - else an uncertainty cue, or a differential "A or B" / "A versus B" -> -1 ("may", "possible",
-     "likely", "cannot exclude", "cannot be excluded", "could represent", "suggestive of", "?");
-   - else 1.
+   - a history or hypothetical cue within four words drops the mention ("history of pneumonia", "could
+     obscure a nodule", "correlate clinically for pneumonia", "nodules seen on the prior CT");
+   - else a negation cue -> 0 ("no", "without", "free of", "negative for", "resolved", "not seen", ...);
+   - else an uncertainty cue -> -1 ("may", "possible", "cannot exclude", "could represent", "suggestive of",
+     "suspected", "questionable", "?");
+   - else 1. "Likely", "probable", "presumed", "consistent with" and "compatible with" are not cues, and each
+     named alternative of a differential ("A or B", "A versus B") is read as stated (docs/labeler.md).
    A cue before the mention reaches forward to the end of the clause unless a new finding starts
-   (", small ...", ", the ...", "and there ..."), so "no pneumothorax, effusion or consolidation" negates all
-   three; a cue after the mention ("... has resolved", "... cannot be excluded") reaches back to the
-   previous comma. Negation beats uncertainty within one mention ("no consolidation to suggest
-   pneumonia" -> Pneumonia 0). Phrases such as "no change in" or "no increase in" are not negations.
-4. Normal statements give fixed values: "heart size is normal" / "normal heart size" -> Cardiomegaly 0,
-   "cardiomediastinal silhouette is within normal limits" -> Enlarged Cardiomediastinum 0, "lungs are
-   clear" -> Lung Opacity 0, "costophrenic angles are sharp" -> Pleural Effusion 0, "pulmonary
-   vasculature is normal" -> Edema 0; "heart size is top normal / borderline" -> Cardiomegaly -1.
+   (", the ...", "and there ...", ", small ..." unless the list goes on to "or"), so "no pneumothorax,
+   effusion or consolidation" and "no consolidation, large effusion, or pneumothorax" negate every member;
+   a cue after the mention ("... has resolved", "... cannot be excluded") reaches back to the previous
+   comma. Negation beats uncertainty within one mention ("no consolidation to suggest pneumonia" ->
+   Pneumonia 0). Phrases such as "no change in" or "no increase in" are not negations.
+4. Normal statements give fixed values: "heart size is normal" / "normal heart size" / "heart size is at
+   the upper limits of normal" -> Cardiomegaly 0, "cardiomediastinal silhouette is within normal limits" ->
+   Enlarged Cardiomediastinum 0, "lungs are clear" -> Lung Opacity 0, "costophrenic angles are sharp" ->
+   Pleural Effusion 0, "pulmonary vasculature is normal" -> Edema 0; "heart size is borderline" ->
+   Cardiomegaly 1.
 5. Aggregate per observation (CheXpert's rule): any positive -> 1, else any uncertain -> -1, else any
    negative -> 0, else None (unmentioned). "No Finding" is 1 when no observation other than Support
    Devices is 1 or -1, and 0 otherwise (CheXpert's rule); a blank report gets None everywhere.
 
-Decisions: "likely", "probably" and "suggestive of" are uncertainty cues, as in CheXpert; "unlikely" is a
-negation, as in NegEx. Laterality words ("left", "right", "bilateral", "bibasilar") are never cues.
-Research labels only, with the known error modes of rule labelers; not for clinical use.
+Decisions (NegBio / ChestX-ray14 reading, measured on hand-labelled reports; docs/labeler.md): a finding
+called "likely", "probable", "presumed", "consistent with" or "compatible with" is positive; each alternative
+named in a differential is positive unless hedged; "borderline" heart size is cardiomegaly. Genuine hedges
+("possible", "may", "cannot exclude", "questionable", "suspicious for", "suggestive of", "less likely", "?")
+stay uncertain; "unlikely" is a negation, as in NegEx. Vascular congestion is not edema; "nodular" describes an
+opacity and is not a lung lesion (a "nodule" is); infection described as old or granulomatous is not pneumonia.
+Laterality words ("left", "right", "bilateral", "bibasilar") are never cues. Research labels only, with the
+known error modes of rule labelers; not for clinical use.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.data.label_phrases import (  # noqa: F401 - the tables stay importable from here
     CLAUSE_BREAKS,
+    DIFFERENTIAL,
+    DIFFERENTIAL_UNCERTAIN,
+    IGNORE_AFTER,
+    IGNORE_BEFORE,
+    LATERALITY,
+    LIST_ITEM_STOP,
+    LIST_OR,
     MENTION_PHRASES,
     NEGATION_AFTER,
     NEGATION_BEFORE,
+    NEGATION_EITHER,
     NORMAL_STATEMENTS,
     NOT_MENTIONS,
     NOT_NEGATIONS,
+    SCOPE_STOP,
+    SECTION_HEADING,
+    SEVERITY,
     SEVERITY_WORDS,
     SHARED_PHRASES,
+    SKIPPED_SECTIONS,
+    STATEMENT_STOP,
     UNCERTAIN_AFTER,
     UNCERTAIN_BEFORE,
     UNCERTAIN_EITHER,
-    DIFFERENTIAL,
-    LATERALITY,
-    SCOPE_STOP,
-    SEVERITY,
-    STATEMENT_STOP,
 )
+from medxpert_utils.data.label_scanner import PhraseScanner
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,119 +109,6 @@ NO_FINDING_EXEMPT: frozenset[str] = frozenset({"No Finding", "Support Devices"})
 # ---------------------------------------------------------------------------------------------------
 
 
-class _PhraseScanner:
-    """Case-insensitive patterns, each tried only at the words that can start one of its matches.
-
-    Python's ``re`` tries every alternative of a phrase table at every position, which made the tables
-    the labeler's bottleneck. Here the first letters of each word are looked up against each pattern's
-    possible starts, read from the parsed pattern (:func:`_start_keys`); one pass over the words serves
-    every pattern. A pattern whose starts cannot be read is scanned everywhere with ``finditer``.
-    """
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        patterns = list(patterns)
-        self.regexes = [re.compile(pattern, re.IGNORECASE) for pattern in patterns]
-        self.keys = [_start_keys(pattern) for pattern in patterns]
-        self._candidates: dict[str, tuple[int, ...]] = {}  # word start -> patterns to try (<= 4 letters)
-
-    def scan(self, text: str, skip: Iterable[int] = ()) -> list[list[re.Match[str]]]:
-        """Per pattern, its non-overlapping matches left to right (as ``finditer``); ``skip``: pattern indexes."""
-        skip = set(skip)
-        found: list[list[re.Match[str]]] = [[] for _ in self.regexes]
-        ends = [0] * len(self.regexes)
-        for i, keys in enumerate(self.keys):
-            if keys is None and i not in skip:
-                found[i] = list(self.regexes[i].finditer(text))
-        for word in _WORD_START.finditer(text):
-            key = word.group().lower()
-            ids = self._candidates.get(key)
-            if ids is None:
-                ids = self._candidates[key] = tuple(
-                    i for i, keys in enumerate(self.keys)
-                    if keys is not None and any(key[:j] in keys for j in range(1, len(key) + 1)))
-            position = word.start()
-            for i in ids:
-                if position >= ends[i] and i not in skip:
-                    match = self.regexes[i].match(text, position)
-                    if match:
-                        ends[i] = match.end()
-                        found[i].append(match)
-        return found
-
-
-_WORD_START = re.compile(r"(?<![A-Za-z])[A-Za-z]{1,4}|[?;]")
-
-
-def _start_keys(pattern: str, n: int = 4) -> frozenset[str] | None:
-    """The lowercase first ``n`` letters any match can start with (a superset), or None if unknown."""
-    try:
-        from re import _constants, _parser  # Python >= 3.11; elsewhere every position is scanned
-        states = _extend({("", False)}, _parser.parse(pattern, re.IGNORECASE), n, _constants)
-    except Exception:  # noqa: BLE001 - an unexpected parse tree only costs speed
-        return None
-    if states is None or any(prefix == "" for prefix, _ in states):
-        return None
-    return frozenset(prefix for prefix, _ in states)
-
-
-def _extend(states: set, items: Any, n: int, c: Any) -> set | None:
-    """Extend (prefix, closed) states over the parsed items; a non-letter closes a prefix."""
-    for op, av in items:
-        open_ = {s for s in states if not s[1] and len(s[0]) < n}
-        if not open_:
-            return states
-        if op is c.LITERAL:
-            new: set | None = {_add(prefix, chr(av)) for prefix, _ in open_}
-        elif op is c.IN:
-            chars = _charset(av, c)
-            new = None if chars is None else {_add(prefix, ch) for prefix, _ in open_ for ch in chars}
-        elif op in (c.AT, c.ASSERT, c.ASSERT_NOT):  # zero width: ignoring it keeps a superset
-            continue
-        elif op is c.SUBPATTERN:
-            new = _extend(open_, av[-1], n, c)
-        elif op is c.BRANCH:
-            new = set()
-            for branch in av[1]:
-                part = _extend(open_, branch, n, c)
-                if part is None:
-                    return None
-                new |= part
-        elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
-            low, _, sub = av
-            new = set() if low > 0 else set(open_)
-            current: set | None = open_
-            for _ in range(n):
-                current = _extend(current, sub, n, c)
-                if current is None:
-                    return None
-                new |= current
-        else:
-            return None
-        if new is None:
-            return None
-        states = (states - open_) | new
-    return states
-
-
-def _add(prefix: str, char: str) -> tuple[str, bool]:
-    char = char.lower()
-    if "a" <= char <= "z":
-        return prefix + char, False
-    return (prefix or char), True
-
-
-def _charset(items: Any, c: Any) -> set[str] | None:
-    chars: set[str] = set()
-    for op, av in items:
-        if op is c.LITERAL:
-            chars.add(chr(av))
-        elif op is c.RANGE and av[1] - av[0] < 64:
-            chars.update(chr(code) for code in range(av[0], av[1] + 1))
-        else:
-            return None
-    return chars
-
-
 def _alternation(phrases: Iterable[str]) -> str:
     return "|".join(f"(?:{p})" for p in phrases)
 
@@ -220,32 +130,44 @@ _CUE_PATTERN = (
     r"(?:(?<![\w-])|(?=[?;]))(?:"
     + rf"(?P<pseudo>{_alternation(NOT_NEGATIONS)})"
     + rf"|(?P<unc_either>{_alternation(UNCERTAIN_EITHER)})"
+    + rf"|(?P<neg_either>{_alternation(NEGATION_EITHER)})"
     + rf"|(?P<unc_after>{_alternation(UNCERTAIN_AFTER)})"
     + rf"|(?P<neg_after>{_alternation(NEGATION_AFTER)})"
+    + rf"|(?P<ign_before>{_alternation(IGNORE_BEFORE)})"
+    + rf"|(?P<ign_after>{_alternation(IGNORE_AFTER)})"
     + rf"|(?P<unc_before>{_alternation(UNCERTAIN_BEFORE)})"
     + rf"|(?P<neg_before>{_alternation(NEGATION_BEFORE)})"
     + rf"|(?P<brk>{_alternation(CLAUSE_BREAKS)})"
     + r")(?:(?<=\?)|(?<=;)|(?![\w-]))")
 _SCOPE_STOP_RX = re.compile(SCOPE_STOP, re.IGNORECASE)
+_LIST_ITEM_STOP_RX = re.compile(LIST_ITEM_STOP, re.IGNORECASE)
+_LIST_OR_RX = re.compile(LIST_OR, re.IGNORECASE)
+_NEAR = re.compile(r" ?(?:[\w/-]+ ){0,4}")  # how far a history / hypothetical cue reaches: four words
 _DIFFERENTIAL_RX = re.compile(DIFFERENTIAL, re.IGNORECASE)
 _FILLER = rf"(?:(?!{STATEMENT_STOP})[\w ,/&-]){{0,60}}?"
 _STATEMENT_PATTERNS: tuple[str, ...] = tuple(
     rf"\b(?:(?:{anchor}){_FILLER} (?:(?:is|are|appears?|remains?|seems?|looks?) )?"
     rf"(?:(?:again|otherwise|overall|still|grossly|essentially|largely|now|stable and) )?(?:{predicate})"
-    rf"|(?:{predicate})(?:-sized)? (?:[\w-]+ )?(?:{anchor}))(?![\w-])"
-    for _, _, anchor, predicate in NORMAL_STATEMENTS
+    rf"|(?:{before})(?:-sized)? (?:[\w-]+ )?(?:{anchor}))(?![\w-])"
+    for _, _, anchor, predicate, before in NORMAL_STATEMENTS
 )
 # One scanner: pattern 0 the mentions, 1 the cues, then one per normal statement.
-_SCANNER = _PhraseScanner((_MENTION_PATTERN, _CUE_PATTERN, *_STATEMENT_PATTERNS))
+_SCANNER = PhraseScanner((_MENTION_PATTERN, _CUE_PATTERN, *_STATEMENT_PATTERNS))
 _STATEMENT_IDS = range(2, 2 + len(_STATEMENT_PATTERNS))
 _TAIL_STOP = re.compile(r",|\b(?:with|and|or|plus|versus|vs|as well as)\b", re.IGNORECASE)
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n|\n(?=\s*(?:\d+[.)]|[-*\u2022])\s)")
 _WHITESPACE = re.compile(r"\s+")
+# De-identification placeholders ("XXXX" in Open-I, "___" in MIMIC-CXR) are dropped with the space before them,
+# so that "costophrenic XXXX blunting" reads as "costophrenic blunting" and "seen on XXXX." still ends a sentence.
+_PLACEHOLDER = re.compile(r"[ \t]*_{2,}")  # "XXXX" goes by str.replace, which is faster
+_SKIPPED_HEADING = re.compile(rf"(?<![\w-])(?:{SKIPPED_SECTIONS}) ?$", re.IGNORECASE)  # searched up to a colon
+_SECTION_END = re.compile(rf"{SECTION_HEADING}|\n[ \t]*\n")
 _LIST_NUMBER = re.compile(r"(?:^|(?<=[\s:]))\(?\d{1,2}[.)]$")
-# A sentence ends at . ! ? and a space, except after common abbreviations ("vs.", "e.g.", "Dr."), and at a
-# paragraph break (joined as "\n", which no phrase pattern crosses).
-_SENTENCE_END = re.compile(r"(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bdr)(?<!\bapprox)(?<=[\w)\]%])[.!?]+ |\n",
-                           re.IGNORECASE)
+# A sentence ends at . ! ? and a space after a word, a bracket, "%" or a space, except after common abbreviations
+# ("vs.", "e.g.", "Dr.") and list numbers ("1."), and at a paragraph break (joined as "\n", which no phrase
+# pattern crosses). The regex finds candidates; _sentence_spans checks the character before.
+_SENTENCE_END = re.compile(r"[.!?]+ |\n")
+_ABBREVIATION = re.compile(r"(?<!\w)(?:vs|e\.g|i\.e|dr|approx)$", re.IGNORECASE)
 # Normal statements need one of these words; sentences without them skip the statement patterns.
 _STATEMENT_HINT = re.compile(r"\b(?:normal|within|unremarkable|not|clear|sharp|preserved|well|top|upper|high|"
                              r"borderline)\b", re.IGNORECASE)
@@ -266,7 +188,9 @@ class Mention:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a report, whitespace collapsed; paragraph breaks and numbered items end a sentence."""
+    """Sentences of a report as the labeler reads them: whitespace collapsed, de-identification placeholders
+    dropped, indication / history / comparison / technique sections left out; paragraph breaks and numbered
+    items end a sentence."""
     normalised, spans = _sentence_spans(text)
     return [normalised[a:b] for a, b in spans]
 
@@ -347,21 +271,49 @@ def _combine(current: int | None, new: int) -> int:
 
 
 def _sentence_spans(text: str) -> tuple[str, list[tuple[int, int]]]:
-    """The report with whitespace collapsed (paragraphs joined by newlines) and its sentences' spans."""
+    """The report as read (see :func:`split_sentences`; paragraphs joined by newlines) and its sentences' spans."""
+    if ":" in text:
+        text = _drop_skipped_sections(text)
+    if "XXXX" in text:
+        text = text.replace(" XXXX", "").replace("XXXX", "")
+    if "__" in text:
+        text = _PLACEHOLDER.sub("", text)
     blocks = (_WHITESPACE.sub(" ", block).strip() for block in _PARAGRAPH_BREAK.split(text))
     normalised = "\n".join(block for block in blocks if block)
     spans: list[tuple[int, int]] = []
     start = 0
     for match in _SENTENCE_END.finditer(normalised):
         end = match.end()
-        if match.group() != "\n" and _LIST_NUMBER.search(normalised, start, end - 1):
-            continue  # "1. Small effusion." is one sentence
+        if match.group() != "\n":
+            stop = match.start()
+            before = normalised[stop - 1] if stop else ""
+            if not (before.isalnum() or before in "_)]% ") or _ABBREVIATION.search(normalised, max(stop - 7, 0), stop):
+                continue
+            if _LIST_NUMBER.search(normalised, max(start, stop - 4), end - 1):
+                continue  # "1. Small effusion." is one sentence
         if normalised[start:end].strip():
             spans.append((start, end - 1 if normalised[end - 1] in " \n" else end))
         start = end
     if normalised[start:].strip():
         spans.append((start, len(normalised)))
     return normalised, spans
+
+
+def _drop_skipped_sections(text: str) -> str:
+    """``text`` without its indication, history, comparison and technique sections (see ``SKIPPED_SECTIONS``)."""
+    parts, position = [], 0
+    colon = text.find(":")
+    while colon != -1:
+        heading = _SKIPPED_HEADING.search(text, max(position, colon - 48), colon)
+        if heading is None:
+            colon = text.find(":", colon + 1)
+            continue
+        parts.append(text[position:heading.start()])
+        following = _SECTION_END.search(text, colon + 1)
+        position = following.start() if following else len(text)
+        colon = text.find(":", position)
+    parts.append(text[position:])
+    return "".join(parts) if len(parts) > 1 else text
 
 
 def _mentions(text: str, spans: list[tuple[int, int]]) -> list[Mention]:
@@ -395,9 +347,10 @@ def _mentions(text: str, spans: list[tuple[int, int]]) -> list[Mention]:
     for cue in cues:
         cues_by_clause.setdefault(clause_of(cue[0]), []).append(cue)
 
-    # Differentials: consecutive mentions in one clause joined by "or" / "versus".
+    # Differentials: consecutive mentions in one clause joined by "or" / "versus" (uncertain only when
+    # DIFFERENTIAL_UNCERTAIN; by default each named alternative keeps the value its cues give).
     differential: set[int] = set()
-    for i in range(len(phrases) - 1):
+    for i in range(len(phrases) - 1 if DIFFERENTIAL_UNCERTAIN else 0):
         (_, end_a, _), (start_b, _, _) = phrases[i], phrases[i + 1]
         if end_a <= start_b and clause_of(end_a) == clause_of(start_b) \
                 and _DIFFERENTIAL_RX.match(text[end_a:start_b]):
@@ -406,22 +359,20 @@ def _mentions(text: str, spans: list[tuple[int, int]]) -> list[Mention]:
     found: list[tuple[int, Mention]] = []
     for i, (start, end, label) in enumerate(phrases):
         clause = clause_of(start)
-        negated, uncertain = False, i in differential
+        clause_start, clause_end = breaks[clause], ends[clause]
+        negated, uncertain, ignored = False, i in differential, False
         for cue_start, cue_end, kind in cues_by_clause.get(clause, ()):
-            if cue_end <= start and not kind.endswith("after"):
-                if _SCOPE_STOP_RX.search(text, cue_end, start):
-                    continue
-            elif cue_start >= end and not kind.endswith("before"):
-                if "," in text[end:cue_start]:
-                    continue
-            else:
+            if not _reaches(text, kind, (cue_start, cue_end), (start, end), clause_end):
                 continue
             if kind.startswith("neg"):
                 negated = True
+            elif kind.startswith("ign"):
+                ignored = True
             else:
                 uncertain = True
+        if ignored:
+            continue
         value = 0 if negated else -1 if uncertain else 1
-        clause_start, clause_end = breaks[clause], ends[clause]
         before = max(phrases[i - 1][1], clause_start) if i > 0 and phrases[i - 1][1] <= start else clause_start
         after = min(phrases[i + 1][0], clause_end) if i + 1 < len(phrases) and phrases[i + 1][0] >= end \
             else clause_end
@@ -435,13 +386,31 @@ def _mentions(text: str, spans: list[tuple[int, int]]) -> list[Mention]:
         found.append((start, Mention(label, value, sentence_of(start), laterality, _severity(local, len(head)),
                                      text[start:end])))
 
-    for (label, value, _, _), matches in zip(NORMAL_STATEMENTS, statement_matches):
+    for (label, value, *_), matches in zip(NORMAL_STATEMENTS, statement_matches):
         for match in matches:
             if clause_of(match.start()) == clause_of(match.end() - 1):
                 found.append((match.start(), Mention(label, value, sentence_of(match.start()),
                                                      _laterality(match.group()), None, match.group())))
     found.sort(key=lambda item: item[0])
     return [mention for _, mention in found]
+
+
+def _reaches(text: str, kind: str, cue: tuple[int, int], mention: tuple[int, int], clause_end: int) -> bool:
+    """Whether a cue of ``kind`` (a group name of the cue pattern) spanning ``cue`` applies to ``mention``."""
+    (cue_start, cue_end), (start, end) = cue, mention
+    if cue_end <= start and not kind.endswith("after"):
+        if kind == "ign_before":
+            return _NEAR.fullmatch(text, cue_end, start) is not None
+        if _SCOPE_STOP_RX.search(text, cue_end, start):
+            return False
+        # ", small ..." starts a new finding, unless the list goes on to an "or" (one negated list).
+        item_stop = _LIST_ITEM_STOP_RX.search(text, cue_end, start)
+        return item_stop is None or _LIST_OR_RX.search(text, item_stop.end(), clause_end) is not None
+    if cue_start >= end and not kind.endswith("before"):
+        if "," in text[end:cue_start]:
+            return False
+        return kind != "ign_after" or _NEAR.fullmatch(text, end, cue_start) is not None
+    return False
 
 
 def _laterality(text: str) -> str | None:
