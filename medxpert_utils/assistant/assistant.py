@@ -235,6 +235,7 @@ class Assistant:
         reports: list[DiagnosisReport] = []
         cases: dict[str, list] = {}
         truth: dict[str, list[str]] = {}
+        references: dict[str, str] = {}
         skipped = 0
         out_dir = cfg.paths.reports
         for row in tqdm(rows.to_dict("records"), desc="reports", disable=not progress, leave=False):
@@ -255,9 +256,10 @@ class Assistant:
             reports.append(report)
             cases[sid] = context.cases
             truth[sid] = [name for name in CHEXPERT_LABELS if _is_positive(row.get(name))]
+            references[sid] = str(row.get("report") or "")
             io.write_text(out_dir / f"{safe_name(sid)}.html", render_html(report, context.cases))
         io.write_text(out_dir / REPORTS_FILE, "".join(r.model_dump_json() + "\n" for r in reports))
-        metrics = score_reports(reports, truth)
+        metrics = score_reports(reports, truth, references, chexbert=cfg.eval.chexbert)
         metrics.update(split=split, n_requested=int(n_cases), n_skipped=skipped, top_k=k, model=model)
         io.write_json(cfg.paths.metrics / "reports.json", {key: v for key, v in metrics.items() if key != "truth"})
         return ReportBatch(reports, metrics, cases)

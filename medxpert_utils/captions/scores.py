@@ -10,6 +10,7 @@ import numpy as np
 from medxpert_utils.core import io
 from medxpert_utils.data.label_metrics import label_f1
 from medxpert_utils.models.blip import TINY, model_specs
+from medxpert_utils.models.chexbert import chexbert_f1
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,6 +60,8 @@ def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None
         scores = score_captions(group["caption"].tolist(), group["reference"].tolist())
         scores["model"] = specs.get(name, name)
         scores["untrained"] = name == "base" and cfg.captions.model == TINY
+        scores["chexbert"] = chexbert_f1(group["caption"].tolist(), group["reference"].tolist(), cfg.eval.chexbert,
+                                         cfg.device if cfg.device != "auto" else None)
         result["models"][name] = scores
     if training:
         result["training"] = training

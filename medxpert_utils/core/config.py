@@ -107,8 +107,9 @@ class AugmentParams(_Section):
 
 
 class LabelAwareParams(_Section):
-    same_labels: bool = Field(False, description="Also treat pairs with identical CheXpert label sets as positives "
-                                               "(without it, exact duplicate reports train exactly as with InfoNCE).")
+    same_labels: bool = Field(True, description="Also treat pairs with identical CheXpert label sets as positives "
+                                              "(without it, exact duplicate reports train exactly as with InfoNCE, "
+                                              "so the label-aware loss refuses that combination).")
     label_weight: float = Field(0.5, ge=0, le=1,
                                 description="Target weight of a same-label pair relative to a same-report pair.")
 
@@ -130,6 +131,10 @@ class TrainParams(_Section):
     )
     label_aware: LabelAwareParams = Field(default_factory=LabelAwareParams,
                                           description="Options of the label-aware loss.")
+    select_by: Literal["val_i2t_acc", "val_loss", "val_mean_r10"] = Field(
+        "val_i2t_acc", description="Which epoch's weights are kept: best validation image->text top-1 accuracy "
+                                   "(the reference recipe), lowest validation loss, or best mean Recall@10 of both "
+                                   "directions.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="Autocast on GPU (auto: bf16 where supported); CPU runs in fp32."
     )
@@ -147,6 +152,16 @@ class TrainParams(_Section):
         None, gt=0, description="Notebook 01: also train InfoNCE and the label-aware loss from the base for this many "
         "minutes each (same steps) and compare them on val (None: skip).")
     augment: AugmentParams = Field(default_factory=AugmentParams, description="Training-time image augmentation.")
+
+    @model_validator(mode="after")
+    def _loss_changes_training(self) -> "TrainParams":
+        # Report-group targets equal InfoNCE's loss and gradients when duplicate reports share one embedding
+        # (tested), so a label-aware run without same-label positives would silently repeat an InfoNCE run.
+        la = self.label_aware
+        if self.loss == "label_aware" and (not la.same_labels or la.label_weight == 0):
+            raise ValueError("label_aware without same-label positives (label_aware.same_labels true and "
+                             "label_weight > 0) trains exactly like infonce - set them, or use loss: infonce")
+        return self
 
 
 class EmbedParams(_Section):
@@ -176,6 +191,8 @@ class EvalParams(_Section):
     precision_k: int = Field(10, ge=1, description="K of label-based Precision@K.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals (0: none).")
     gallery_queries: int = Field(4, ge=0, description="Test queries shown with their top-5 hits in the gallery figure.")
+    chexbert: bool = Field(False, description="Also score captions and reports with CheXbert F1 (f1chexbert; needs the "
+                                              "package and its weights from the hub: the real profiles).")
 
 
 class TinyBlipParams(_Section):
@@ -324,6 +341,8 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
             msg = f"{source}: unknown key '{key}' - check the spelling against params/demo.yaml"
         elif err["type"] == "missing":
             msg = f"{source}: missing required key '{key}'"
+        elif err["type"] == "value_error":  # a rule across keys: its message names them, the input would be noise
+            msg = f"{source}: bad value for '{key}': {err['msg'].removeprefix('Value error, ')}"
         else:
             msg = f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})"
         more = len(exc.errors()) - 1

@@ -9,6 +9,7 @@ from typing import Any
 from medxpert_utils.core import config
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.data.label_metrics import label_f1
+from medxpert_utils.models.chexbert import chexbert_f1
 from medxpert_utils.report.offline import GENERATOR as OFFLINE_GENERATOR
 from medxpert_utils.report.schema import DiagnosisReport
 
@@ -22,10 +23,14 @@ def generator_family(generator: str) -> str:
     return generator
 
 
-def score_reports(reports: Sequence[DiagnosisReport], truth: dict[str, list[str]]) -> dict[str, Any]:
+def score_reports(reports: Sequence[DiagnosisReport], truth: dict[str, list[str]],
+                  references: dict[str, str] | None = None, chexbert: bool = False) -> dict[str, Any]:
     """CheXpert-label F1 (micro/macro, as CXR-RePaiR and X-REM report it) of each report's present findings
-    against its query's ground-truth positive labels; counts by generator; fallbacks and their reasons."""
+    against its query's ground-truth positive labels; counts by generator; fallbacks and their reasons; and
+    CheXbert F1 of each impression against its query's reference report (``references``: study_id -> report)
+    when ``chexbert`` is on, else the reason it is unavailable."""
     scored = [r for r in reports if r.query_study_id in truth]
+    paired = [r for r in reports if r.query_study_id in (references or {})]
     f1 = label_f1([r.present_names() for r in scored], [truth[r.query_study_id] for r in scored])
     families = Counter(generator_family(r.generator) for r in reports)
     reasons = Counter(r.generator.split("(fallback: ", 1)[1].rstrip(")") for r in reports
@@ -41,6 +46,8 @@ def score_reports(reports: Sequence[DiagnosisReport], truth: dict[str, list[str]
         "fallbacks": int(sum(reasons.values())),
         "fallback_reasons": dict(reasons),
         "severity_counts": dict(Counter(r.overall_severity for r in reports)),
+        "chexbert": chexbert_f1([r.impression for r in paired], [references[r.query_study_id] for r in paired],
+                                chexbert),
         "truth": truth,
     }
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.core import io
-from medxpert_utils.training.trainer import TrainOutputs, fit, plan_steps
+from medxpert_utils.training.schedule import plan_steps
+from medxpert_utils.training.trainer import SELECT_BY, VAL_METRICS, TrainOutputs, fit, selection_score
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,6 +34,24 @@ def accuracy_table(result: dict[str, Any], untrained_base: bool | None = None) -
             "most frequent report for every image": majority}
     return pd.DataFrame([{label: metrics.get(key) for key, label in columns.items()} for metrics in rows.values()],
                         index=pd.Index(list(rows), name="model"))
+
+
+def selection_table(result: dict[str, Any]) -> "pd.DataFrame":
+    """Per ``train.select_by`` criterion: the epoch it would keep and that epoch's validation figures; the row of
+    the criterion this run used is marked. Recomputed from the recorded history, so no retraining is needed."""
+    import pandas as pd
+
+    history = result.get("history", [])  # every validation, as the trainer compared them
+    rows = []
+    for criterion in SELECT_BY:
+        if not history:
+            break
+        # the trainer keeps the first epoch that reaches the best score, so ties go to the earlier one
+        pick = max(history, key=lambda h: (selection_score(h, criterion), -h["step"]))
+        figures = {key: pick.get(key) for key in VAL_METRICS}
+        rows.append({"select_by": criterion, "used": criterion == result.get("select_by"), "epoch": pick["epoch"],
+                     "step": pick["step"], **figures})
+    return pd.DataFrame(rows).set_index("select_by") if rows else pd.DataFrame()
 
 
 def derived_config(cfg: "Config", overrides: dict[str, Any]) -> "Config":

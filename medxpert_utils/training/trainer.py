@@ -5,7 +5,8 @@ scale; eps 1e-6), linear warm-up then cosine / linear / constant decay (:class:`
 formulas of ``transformers.get_scheduler``), gradient accumulation, optional freezing of early
 vision blocks, plain InfoNCE or the label-aware loss (:mod:`medxpert_utils.training.loss`), and
 autocast (bf16, or fp16 with a GradScaler) on GPU. Each epoch ends with a
-validation pass; the checkpoint with the best validation image->text top-1 accuracy is saved
+validation pass; the checkpoint that is best by ``train.select_by`` (the reference recipe's validation
+image->text top-1 accuracy, the validation loss, or the mean validation Recall@10 of both directions) is saved
 with ``save_pretrained`` into ``models/clip/``. Metrics go to ``metrics/train.json``, the curves
 to ``figures/training_curves.png``.
 
@@ -74,6 +75,25 @@ if TYPE_CHECKING:
 
 LOG_SCALE_MAX = math.log(100.0)
 VAL_METRICS = ("val_loss", "val_i2t_acc", "val_t2i_acc", "val_i2t_r10", "val_t2i_r10")
+SELECT_BY = ("val_i2t_acc", "val_loss", "val_mean_r10")
+
+
+def selection_score(metrics: dict[str, Any], criterion: str) -> float:
+    """How good an epoch's validation is under ``train.select_by`` (higher is better; -inf when unmeasured).
+
+    ``val_i2t_acc``: image->text top-1 accuracy (the reference recipe); ``val_loss``: the validation loss
+    (negated); ``val_mean_r10``: the mean of image->text and text->image Recall@10, which on a small validation
+    split varies far less from epoch to epoch than top-1.
+    """
+    if criterion == "val_loss":
+        value = -metrics.get("val_loss", float("nan"))
+    elif criterion == "val_mean_r10":
+        value = 0.5 * (metrics.get("val_i2t_r10", float("nan")) + metrics.get("val_t2i_r10", float("nan")))
+    elif criterion == "val_i2t_acc":
+        value = metrics.get("val_i2t_acc", float("nan"))
+    else:
+        raise ValueError(f"unknown selection criterion {criterion!r} - choose one of {', '.join(SELECT_BY)}")
+    return float("-inf") if value is None or math.isnan(value) else float(value)
 _PROBE_BATCHES = 4
 
 
@@ -190,7 +210,7 @@ class _Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.best = {"epoch": None, "val_i2t_acc": -1.0}
+        self.best: dict[str, Any] = {"epoch": None, "score": float("-inf")}
         self.zero_shot: dict[str, Any] = {}
         self.planned_steps = 0
         self.elapsed_before = 0.0
@@ -388,10 +408,9 @@ class _Trainer:
             "partial_epoch": partial,
         }
         self.history.append(entry)
-        acc = metrics.get("val_i2t_acc", float("nan"))
-        if self.is_main and (self.best["epoch"] is None or (not math.isnan(acc) and acc > self.best["val_i2t_acc"])):
-            self.best = {"epoch": self.epoch + 1, "step": self.step,
-                         "val_i2t_acc": acc if not math.isnan(acc) else -1.0}
+        score = selection_score(metrics, self.tp.select_by)
+        if self.is_main and (self.best["epoch"] is None or score > self.best["score"]):
+            self.best = {"epoch": self.epoch + 1, "step": self.step, "score": score}
             self._save_best()
         if self.dist:
             self.dist.barrier()
@@ -486,7 +505,8 @@ class _Trainer:
             "zero_shot_untrained": is_untrained_base(self.cfg),
             "best_epoch": self.best["epoch"],
             "best_step": self.best.get("step"),
-            "best_val_i2t_acc": self.best["val_i2t_acc"] if self.best["val_i2t_acc"] >= 0 else None,
+            "best_val_i2t_acc": best.get("val_i2t_acc") if best else None,
+            "select_by": self.tp.select_by,
             "best": best,
             "params": self.counts,
             "device": str(self.device),

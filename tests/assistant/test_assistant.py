@@ -59,6 +59,7 @@ def test_batch_reports_leave_the_query_out_and_are_scored(report_run):
     saved = json.loads((report_run.paths.metrics / "reports.json").read_text())
     assert saved["n_cases"] == 2 and saved["n_skipped"] == 1 and saved["generators"] == {"offline-retrieval": 2}
     assert saved["fallbacks"] == 0 and "truth" not in saved
+    assert saved["chexbert"]["available"] is False and "eval.chexbert" in saved["chexbert"]["reason"]
     # s2 (effusion) gets effusion from s0/s1: tp; s3 (cardiomegaly) gets effusion too: fp + fn -> 2/(2+1+1)
     assert saved["label_f1_micro"] == pytest.approx(0.5)
     table = batch.table()

@@ -167,6 +167,7 @@ def test_finetune_lowers_the_loss_and_captions_are_scored(caption_run):
     tuned, base = result["models"]["fine_tuned"], result["models"]["base"]
     assert tuned["label_f1_micro"] is not None and tuned["ROUGE-L"] > base["ROUGE-L"]
     assert base["untrained"] is True and tuned["untrained"] is False
+    assert saved["models"]["fine_tuned"]["chexbert"]["available"] is False  # offline: said, not substituted
     table = captions.scores_table(result)
     assert list(table.index) == ["base (untrained)", "fine_tuned"]
 

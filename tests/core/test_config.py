@@ -93,3 +93,13 @@ def test_params_never_hold_secrets():
     text = "\n".join(p.read_text() for p in (PROJECT_ROOT / "params").rglob("*.yaml"))
     assert "api_key" not in text.lower()
     assert "api_key" not in " ".join(config.LLMParams.model_fields)
+
+
+def test_a_label_aware_loss_that_would_train_like_infonce_is_refused():
+    with pytest.raises(config.ConfigError) as info:
+        config.load("params/smoke.yaml", overrides={"train.loss": "label_aware",
+                                                    "train.label_aware.same_labels": False})
+    message = str(info.value)
+    assert "trains exactly like infonce" in message and "same_labels" in message and "\n" not in message
+    assert "got {" not in message  # the rule's message, not the whole train section
+    assert config.load("params/smoke.yaml", overrides={"train.loss": "label_aware"}).train.label_aware.same_labels

@@ -162,6 +162,26 @@ def test_retrieval_recall_matches_a_brute_force_count():
     assert contrastive.retrieval_recall(images, texts, groups, k=10) == {"i2t": 1.0, "t2i": 1.0}
 
 
+def test_selection_criteria_on_a_hand_made_history():
+    history = [
+        {"epoch": 1, "step": 10, "val_loss": 2.0, "val_i2t_acc": 0.30, "val_t2i_acc": 0.1, "val_i2t_r10": 0.50,
+         "val_t2i_r10": 0.40},
+        {"epoch": 2, "step": 20, "val_loss": 1.5, "val_i2t_acc": 0.20, "val_t2i_acc": 0.2, "val_i2t_r10": 0.70,
+         "val_t2i_r10": 0.60},
+        {"epoch": 3, "step": 30, "val_loss": 1.6, "val_i2t_acc": 0.30, "val_t2i_acc": 0.3, "val_i2t_r10": 0.80,
+         "val_t2i_r10": 0.65},
+    ]
+    assert train.selection_score(history[2], "val_mean_r10") == pytest.approx(0.725)
+    assert train.selection_score(history[1], "val_loss") == -1.5
+    assert train.selection_score({"val_i2t_acc": float("nan")}, "val_i2t_acc") == float("-inf")
+    with pytest.raises(ValueError, match="unknown selection criterion"):
+        train.selection_score(history[0], "val_r1")
+    table = train_compare.selection_table({"history": history, "select_by": "val_mean_r10"})
+    # top-1 ties between epochs 1 and 3: the trainer keeps the first epoch that reached the best score
+    assert table["epoch"].to_dict() == {"val_i2t_acc": 1, "val_loss": 2, "val_mean_r10": 3}
+    assert table["used"].to_dict() == {"val_i2t_acc": False, "val_loss": False, "val_mean_r10": True}
+
+
 def test_accuracy_table_labels_the_untrained_base():
     metrics = {"val_i2t_acc": 0.2, "val_t2i_acc": 0.1, "val_i2t_r10": 0.6, "val_t2i_r10": 0.5}
     result = {"zero_shot": dict.fromkeys(metrics, 0.01), "best": {**metrics, "step": 40}, "best_epoch": 4,
@@ -236,6 +256,9 @@ def test_fit_smoke_writes_model_metrics_and_figure(tmp_path, manifest_file):
         assert 0.0 <= entry["val_i2t_acc"] <= 1.0 and math.isfinite(entry["train_loss"])
     assert saved["history"][-1]["partial_epoch"] and saved["history"][-1]["step"] == 5
     assert saved["best_epoch"] in {h["epoch"] for h in saved["history"]}
+    picks = train_compare.selection_table(saved)
+    assert picks.loc["val_i2t_acc", "used"] and saved["select_by"] == "val_i2t_acc"
+    assert picks.loc["val_i2t_acc", "step"] == saved["best_step"]  # the table agrees with the trainer's choice
     assert saved["params"]["trainable"] > 0 and saved["params"]["frozen"] == 0
     assert saved["device"] == "cpu"
     assert (cfg.paths.figures / "training_curves.png").stat().st_size > 0
