@@ -58,10 +58,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from medxpert_utils.retrieval.evaluation import evaluate_run, format_table
+    from medxpert_utils.retrieval.classification import evaluate_classification, format_summary
+    from medxpert_utils.retrieval.evaluation import evaluate_run, format_table, image_to_image_table
 
     result = evaluate_run(args.run, write=args.write)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    classes = evaluate_classification(args.run, write=args.write)
+    if args.json:
+        print(json.dumps({**result, "classification": classes}, indent=2))
+    else:
+        print(format_table(result))
+        print(image_to_image_table(result).to_string())
+        print(format_summary(classes))
     return 0
 
 
@@ -119,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the DiagnosisReport as JSON")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("eval", help="recompute the retrieval table from a run's saved embeddings")
+    p = sub.add_parser("eval", help="recompute retrieval and classification metrics from a run's saved embeddings")
     p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
     p.add_argument("--json", action="store_true", help="print the metrics JSON")
-    p.add_argument("--write", action="store_true", help="also rewrite metrics/retrieval.json and the CSV table")
+    p.add_argument("--write", action="store_true",
+                   help="also rewrite metrics/retrieval.json, the CSV table and metrics/classification.json")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export-csv", help="every query of a split with its top-K hits, as CSV")

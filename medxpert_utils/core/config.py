@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import PROJECT_ROOT, RunPaths, resolve_run_dir
@@ -185,6 +185,30 @@ class IndexParams(_Section):
     ivf_nprobe: int = Field(6, ge=1, description="IVF: clusters visited per query.")
 
 
+class ClassificationParams(_Section):
+    positive: str = Field("{finding}", description="Positive prompt template of zero-shot classification "
+                                                 "({finding}: the observation's phrase).")
+    negative: str = Field("no {finding}", description="Negative prompt template of zero-shot classification (without "
+                                                     "{finding}: one fixed negative prompt for every observation).")
+    phrases: dict[str, str | list[str]] = Field(
+        {}, description="Observation -> phrase put into the templates, or a list of candidate phrases (each model "
+                        "uses the one with the best validation AUROC); unlisted observations use their name in "
+                        "lower case.")
+    pairs: dict[str, tuple[str, str]] = Field(
+        {"No Finding": ("no acute cardiopulmonary process", "acute cardiopulmonary process")},
+        description="Observation -> explicit [positive, negative] prompts (instead of the templates).")
+    min_positives: int = Field(10, ge=1, description="Observations with fewer test positives stay out of the mean.")
+    probe_c: list[float] = Field([0.01, 0.1, 1.0, 10.0], min_length=1,
+                                 description="Linear probe: values of C tried on the validation split.")
+
+    @field_validator("positive")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{finding}" not in value:
+            raise ValueError("the positive prompt template needs the {finding} slot, e.g. '{finding}'")
+        return value
+
+
 class EvalParams(_Section):
     ks: list[int] = Field([1, 5, 10], description="K values of Recall@K in the table.")
     curve_max_k: int = Field(50, ge=1, description="Largest K of the recall@K curves.")
@@ -193,6 +217,8 @@ class EvalParams(_Section):
     gallery_queries: int = Field(4, ge=0, description="Test queries shown with their top-5 hits in the gallery figure.")
     chexbert: bool = Field(False, description="Also score captions and reports with CheXbert F1 (f1chexbert; needs the "
                                               "package and its weights from the hub: the real profiles).")
+    classification: ClassificationParams = Field(default_factory=ClassificationParams,
+                                                 description="Zero-shot classification prompts and the linear probe.")
 
 
 class TinyBlipParams(_Section):

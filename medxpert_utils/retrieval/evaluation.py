@@ -24,6 +24,7 @@ from medxpert_utils.retrieval.metrics import (
     dense_groups,
     evaluate_embeddings,
     group_stats,
+    image_to_image_precision,
     rank_queries,
 )
 from medxpert_utils.retrieval.store import load_embeddings
@@ -80,6 +81,7 @@ def evaluate_run(run: str | Path, write: bool = False) -> dict[str, Any]:
         block["model_spec"] = emb.cache_key.get("model_spec")
         if name == "zero_shot":
             block["untrained_base"] = bool(clip.is_untrained_base(cfg))
+        block["image_to_image"] = image_to_image(cfg, emb, ev.precision_k)
         result["models"][name] = block
     if write:
         io.write_json(cfg.paths.metrics / "retrieval.json", result)
@@ -87,6 +89,40 @@ def evaluate_run(run: str | Path, write: bool = False) -> dict[str, Any]:
         with io.atomic_path(cfg.paths.metrics / "retrieval_table.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False)
     return result
+
+
+def image_to_image(cfg: config.Config, emb: Any, k: int) -> dict[str, Any]:
+    """Label Precision@K of the split's images as queries against the corpus images, leaving out the query's own
+    study and every study of its patient (so a near-copy cannot answer)."""
+    from medxpert_utils.data.manifest import read as read_manifest
+
+    corpus = load_embeddings(emb.path, corpus=True)
+    patients = read_manifest(cfg.run_dir)["patient_id"].astype(str).to_numpy()
+    q_rows, c_rows = emb.rows["row"].to_numpy(), corpus.rows["row"].to_numpy()
+    block = image_to_image_precision(
+        emb.image, _positives(emb.rows, CHEXPERT_LABELS),
+        [emb.rows["study_id"].astype(str).to_numpy(), patients[q_rows]],
+        corpus.image, _positives(corpus.rows, CHEXPERT_LABELS),
+        [corpus.rows["study_id"].astype(str).to_numpy(), patients[c_rows]],
+        k=k, n_boot=cfg.eval.bootstrap, seed=cfg.seed)
+    block["per_label"] = {CHEXPERT_LABELS[j]: v for j, v in block["per_label"].items()}
+    block["excluded"] = "the query's own study and every study of its patient"
+    return block
+
+
+def image_to_image_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Image->image label Precision@K (percent, 95% CI) per model."""
+    rows = {}
+    for model, column in _COLUMN.items():
+        block = result["models"].get(model, {}).get("image_to_image")
+        if not block:
+            continue
+        name = next(key for key in block if key.startswith("P@"))
+        ci = block["ci95"].get(name)
+        value = block[name]
+        rows[column] = "-" if value is None else f"{100 * value:.1f}" + (
+            f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    return pd.DataFrame(rows, index=pd.Index(["image->image label " + name], name="metric"))
 
 
 _COLUMN = {"zero_shot": "Zero-Shot", "fine_tuned": "Fine-Tuned"}

@@ -242,3 +242,38 @@ def group_stats(groups: np.ndarray) -> dict[str, Any]:
     _, sizes = np.unique(np.asarray(groups), return_counts=True)
     return {"n_groups": int(len(sizes)), "largest_group": int(sizes.max()),
             "rows_with_shared_report": float(sizes[sizes > 1].sum() / sizes.sum())}
+
+
+def image_to_image_precision(queries: np.ndarray, query_pos: np.ndarray, query_exclude: Sequence[np.ndarray],
+                             corpus: np.ndarray, corpus_pos: np.ndarray, corpus_exclude: Sequence[np.ndarray],
+                             k: int = 10, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Label Precision@K of image queries against an image corpus, leaving out candidates that share any of the
+    query's keys in ``query_exclude``/``corpus_exclude`` (e.g. study and patient ids, aligned arrays per key).
+
+    Same Precision@K definition as the cross-modal directions (shares a positive label; queries without positive
+    labels excluded). Returns ``P@K``, ``ci95``, ``n_queries``, ``n_precision_queries``, ``per_label``.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    corpus = np.ascontiguousarray(corpus, dtype=np.float32)
+    k = int(min(k, len(corpus)))
+    top = np.empty((len(queries), k), dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, len(corpus)))
+    for start in range(0, len(queries), step):
+        stop = min(start + step, len(queries))
+        scores = _scores(queries[start:stop], corpus)
+        for q_key, c_key in zip(query_exclude, corpus_exclude):
+            scores[np.asarray(q_key[start:stop])[:, None] == np.asarray(c_key)[None, :]] = -np.inf
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+        top[start:stop] = np.take_along_axis(part, order, axis=1)
+    precision = label_precision(top, query_pos, np.asarray(corpus_pos, dtype=bool))
+    ci = bootstrap_ci(precision, n_boot, np.random.default_rng([seed, 7]))[0]
+    name = f"P@{k}"
+    per_label = {}
+    for j in range(query_pos.shape[1]):
+        mask = np.asarray(query_pos)[:, j]
+        per_label[j] = {"n": int(mask.sum()), name: float(np.nanmean(precision[mask])) if mask.any() else None}
+    return {name: float(np.nanmean(precision)) if np.isfinite(precision).any() else None,
+            "ci95": {name: None if np.isnan(ci[0]) else [float(ci[0]), float(ci[1])]},
+            "n_queries": int(len(queries)), "n_precision_queries": int(np.isfinite(precision).sum()),
+            "per_label": per_label}

@@ -398,3 +398,49 @@ def label_f1_bars(per_label: dict[str, dict[str, float | None]], path: str | Pat
     ax.set_title(title)
     fig.tight_layout()
     return save(fig, path)
+
+
+_METHODS = {"zero_shot_prompts": "Zero-shot prompts (positive vs negative)", "linear_probe": "Linear probe"}
+
+
+def classification_auroc(result: dict, path: str | Path | None = None):
+    """AUROC per observation with its 95% CI, both models, one panel per method (classification.json); the dashed
+    line is chance (0.5). Observations without a score (too few positives) are left out."""
+    observations = list(next(iter(result["models"].values()))["zero_shot_prompts"]["per_observation"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.38 * len(observations) + 1.8), sharey=True)
+    models = list(result["models"])
+    height = 0.8 / max(1, len(models))
+    handles = []
+    for ax, (method, title) in zip(axes, _METHODS.items()):
+        for m_index, model in enumerate(models):
+            block = result["models"][model].get(method, {})
+            per = block.get("per_observation", {})
+            ys, xs, lo, hi = [], [], [], []
+            for i, label in enumerate(observations):
+                row = per.get(label) or {}
+                if row.get("auroc") is None:
+                    continue
+                ci = row.get("ci95") or [row["auroc"], row["auroc"]]
+                ys.append(i + (m_index - (len(models) - 1) / 2) * height)
+                xs.append(row["auroc"])
+                lo.append(row["auroc"] - ci[0])
+                hi.append(ci[1] - row["auroc"])
+            name = _RETRIEVAL_MODELS.get(model, model) + (
+                " (untrained tiny model)" if model == "zero_shot" and result.get("untrained_base") else "")
+            mean = block.get("mean_auroc")
+            bars = ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=2,
+                           label=f"{name}: mean {mean:.2f}" if mean is not None else name)
+            if method == "zero_shot_prompts":
+                handles.append(bars)
+        ax.axvline(0.5, color="grey", ls="--", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("AUROC (95% CI)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+    n_pos = {label: row["n_positive"] for label, row in
+             next(iter(result["models"].values()))["zero_shot_prompts"]["per_observation"].items()}
+    axes[0].set_yticks(range(len(observations)), [f"{o} (n+={n_pos[o]})" for o in observations])
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return save(fig, path)
