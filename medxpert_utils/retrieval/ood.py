@@ -7,10 +7,11 @@ gates:
   params ``query_check.colour_limit``);
 * **DICOM tags**, when the query is DICOM: Modality must be a radiograph (CR, DX, DR, RG), BodyPartExamined (when
   set) the chest, ViewPosition (when set) not lateral;
-* **score**: ``knn`` (default) is the deep-kNN score of Sun et al. (2022), the cosine distance ``1 - cos`` from
-  the L2-normalised query embedding to its ``k``-th nearest training image; ``mahalanobis`` is the distance to a
-  Gaussian fitted to the training embeddings (Ledoit-Wolf covariance). Higher is less like the corpus.
-  benchmarks/bench_ood.py compares the two.
+* **score**: ``mahalanobis`` (default) is the distance to a Gaussian fitted to the training embeddings (Ledoit-Wolf
+  covariance); ``knn`` is the deep-kNN score of Sun et al. (2022), the cosine distance ``1 - cos`` from
+  the L2-normalised query embedding to its ``k``-th nearest training image. Higher is less like the corpus.
+  benchmarks/bench_ood.py compares the two: on the demo run Mahalanobis separates better (AUROC 0.993 against
+  0.966-0.970 for k in 1..20) and keeps more of the test split (96.7% against 91-93%).
 
 The threshold is calibrated on the validation split (params ``query_check.accept``, 95% of validation images
 accepted) and stored beside the embeddings as ``embeddings/<model>/ood.json``; notebook 02 writes it
@@ -260,7 +261,8 @@ class QueryChecker:
         gate = gate_reason(facts, cal.colour_limit)
         if gate:
             return QueryCheck(False, score, cal.threshold, gate)
-        name = "k-th nearest training image" if cal.method == "knn" else "Mahalanobis"
+        name = f"distance to the {cal.k}-th nearest training image" if cal.method == "knn" else \
+            "distance to the training images' Gaussian"
         detail = f"{cal.method} score {score:.3f} {'<=' if score <= cal.threshold else '>'} threshold " \
                  f"{cal.threshold:.3f} ({name}; the threshold accepts {cal.accept:.0%} of validation images)"
         if score > cal.threshold:

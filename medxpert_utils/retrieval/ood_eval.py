@@ -294,3 +294,17 @@ def evaluate(run: Any, model: str = "fine_tuned", n_per_group: int = 30, seed: i
                "n_calibration": int(len(val)), "methods": results,
                "chosen": f"knn_k{qc.k}" if qc.method == "knn" else "mahalanobis"}
     return summary, table
+
+
+def summary_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """One row per score: AUROC and FPR@95TPR alone and with the gates, test images accepted, groups missed."""
+    rows = []
+    for name, r in summary["methods"].items():
+        rows.append({"score": name + (" (the run's check)" if name == summary.get("chosen") else ""),
+                     "AUROC": round(r["score_only"]["auroc"], 4), "FPR@95TPR": round(r["score_only"]["fpr@95tpr"], 4),
+                     "AUROC with gates": round(r["with_gates"]["auroc"], 4),
+                     "FPR@95TPR with gates": round(r["with_gates"]["fpr@95tpr"], 4),
+                     "test accepted": round(r["test_accepted"], 4),
+                     "groups not all flagged": ", ".join(f"{g} {v:.0%}" for g, v in r["flagged_by_group"].items()
+                                                         if v < 1) or "-"})
+    return pd.DataFrame(rows)

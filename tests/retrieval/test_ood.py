@@ -177,15 +177,16 @@ def test_calibrate_run_writes_ood_json_and_a_stale_file_is_redone(embedded_run):
     checker = ood.QueryChecker.from_run(cfg, "fine_tuned")  # lazily calibrated and written
     saved = json.loads(ood.ood_file(cfg).read_text())
     assert saved["embeddings_key"] == "abc" and saved["n_bank"] == 60 and saved["n_calibration"] == 20
-    assert saved["val_accepted"] >= 0.95 and saved["method"] == "knn" and saved["k"] == cfg.query_check.k
+    assert saved["val_accepted"] >= 0.95 and saved["method"] == "mahalanobis" and saved["k"] == cfg.query_check.k
     assert ood.read_calibration(cfg, "fine_tuned").threshold == pytest.approx(checker.calibration.threshold)
     assert checker.vocabulary >= {"pleural", "effusion"} and len(checker.bank) == 60
     mxio.write_json(cfg.paths.embeddings("fine_tuned") / CACHE_KEY_FILE, {"key": "new"})  # re-embedded
     assert ood.read_calibration(cfg, "fine_tuned") is None
-    other = config.load("params/smoke.yaml", run=str(cfg.run_dir), overrides={"query_check.method": "mahalanobis"})
-    assert ood.calibrate_run(other, "fine_tuned").method == "mahalanobis"
-    assert ood.read_calibration(cfg, "fine_tuned") is None  # knn params no longer match the file
-    assert ood.describe(ood.read_calibration(other, "fine_tuned"))["method"] == "mahalanobis"
+    other = config.load("params/smoke.yaml", run=str(cfg.run_dir), overrides={"query_check.method": "knn"})
+    assert ood.calibrate_run(other, "fine_tuned").method == "knn"
+    assert ood.read_calibration(cfg, "fine_tuned") is None  # the Mahalanobis params no longer match the file
+    assert ood.describe(ood.read_calibration(other, "fine_tuned"))["method"] == "knn"
+    assert ood.QueryChecker.from_run(other, "fine_tuned").score(image[:1])[0] < 0.5  # a training image: near
 
 
 def test_a_run_without_embeddings_names_notebook_02(tmp_path):
@@ -203,3 +204,50 @@ def test_auroc_and_fpr_at_95_tpr():
     assert both["auroc"] == pytest.approx(0.5) and both["fpr@95tpr"] >= 0.94
     gated = auroc_fpr(ind, np.array([np.inf, 0.5]))  # a gated image counts as the most out-of-distribution
     assert gated["auroc"] == pytest.approx((100 + 50) / 200, abs=0.01)
+
+
+def ood_test_images(run_dir) -> list[tuple[str, bytes, str]]:
+    """(name, file bytes, mime) of the out-of-distribution images every front end must flag: a photo, a CT slice
+    (DICOM), noise, a text page and one of the run's own radiographs upside down."""
+    import matplotlib.cbook as cbook
+    from PIL import ImageOps
+    from pydicom.data import get_testdata_file
+
+    from medxpert_utils.data import manifest
+    from medxpert_utils.data.images import load_image
+    from medxpert_utils.retrieval.ood_eval import documents, noise_images
+
+    frame = manifest.read(run_dir)
+    radiograph = load_image(frame.loc[frame["split"] == "test", "image_path"].iloc[0])
+    return [
+        ("grace_hopper.jpg", open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "rb").read(),
+         "image/jpeg"),
+        ("CT_small.dcm", open(get_testdata_file("CT_small.dcm"), "rb").read(), "application/dicom"),
+        ("noise.png", _png(noise_images(1, seed=3)[0][1]), "image/png"),
+        ("letter.png", _png(documents(1, seed=3)[0]), "image/png"),
+        ("upside_down.png", _png(ImageOps.flip(radiograph)), "image/png"),
+    ]
+
+
+@pytest.mark.slow
+def test_every_out_of_distribution_test_image_is_flagged_by_the_cli(smoke_run, tmp_path, capsys):
+    from medxpert_utils.app import cli
+    from medxpert_utils.data import manifest
+
+    for name, content, _ in ood_test_images(smoke_run):
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert cli.main(["search", "--run", str(smoke_run), "--image", str(path), "--json", "-k", "3"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["query_check"]["in_distribution"] is False, (name, data["query_check"])
+        assert len(data["hits"]) == 3
+        assert cli.main(["diagnose", "--run", str(smoke_run), "--image", str(path), "--json"]) == 3, name
+        out = capsys.readouterr()
+        assert out.out == "" and out.err.startswith("medxpert: not answered:")
+    frame = manifest.read(smoke_run)
+    test_image = frame.loc[frame["split"] == "test", "image_path"].iloc[0]
+    assert cli.main(["search", "--run", str(smoke_run), "--image", test_image, "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["query_check"]
+    assert set(check) == {"in_distribution", "score", "threshold", "reason"}
+    assert cli.main(["search", "--run", str(smoke_run), "--text", "What is the capital of France?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["query_check"]["in_distribution"] is False
