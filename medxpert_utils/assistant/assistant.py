@@ -206,6 +206,7 @@ class Assistant:
     def warm_up(self, model: str = "fine_tuned") -> None:
         """Load CLIP, the captioner and the reporter's tables and run each once, so the first query is fast."""
         with self.lock:
+            self.check_query(text=WARM_UP_QUERY, model=model)  # the query check's Gaussian and vocabulary
             cases = self.similar_cases(text=WARM_UP_QUERY, k=2, model=model)
             RetrievalReporter.from_config(self.cfg).report(ReportContext.build(cases, k=2))
             icd10.describe("J90")  # loads the ICD-10-CM tables (seconds), which only reports with findings need
