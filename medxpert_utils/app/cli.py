@@ -2,7 +2,8 @@
 
 Subcommands: ``run`` (the notebook chain), ``search``, ``diagnose``, ``eval``, ``export-csv``,
 ``sweep``. ``--run`` takes a run name under ``outputs/`` or a path to a run folder. User
-mistakes print one line to stderr and exit 2; ``--debug`` shows the traceback instead.
+mistakes print one line to stderr and exit 2; ``--debug`` shows the traceback instead. ``diagnose`` on a query
+the check (retrieval.ood) finds unlike the run's radiographs prints one line and exits 3 unless ``--force``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medxpert_utils.assistant import Assistant
-from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.errors import QueryRejectedError, UserError
 from medxpert_utils.core.stage import parse_overrides
 
 
@@ -33,14 +34,19 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     assistant = Assistant(args.run)
     if args.text is not None:
+        check = assistant.check_query(text=args.text, model=args.model)
         hits = assistant.search(text=args.text, k=args.k, model=args.model)
         query = args.text
     else:
+        check = assistant.check_query(image=args.image, model=args.model)
         hits = assistant.search(image=args.image, k=args.k, model=args.model)
         query = str(args.image)
     if args.json:
-        print(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, indent=2))
+        print(json.dumps({"query": query, "query_check": check.to_dict(), "hits": [h.to_dict() for h in hits]},
+                         indent=2))
     else:
+        if not check.in_distribution:
+            print(f"warning: {check.message().split(' - ')[0]}; the hits below are not evidence", file=sys.stderr)
         print(format_hits(hits))
     return 0
 
@@ -48,8 +54,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from medxpert_utils.report import render_text
 
-    report = Assistant(args.run).diagnose(image=args.image, text=args.text, question=args.question, k=args.k,
-                                          generator=args.generator, model=args.model)
+    assistant = Assistant(args.run)
+    try:
+        report = assistant.diagnose(image=args.image, text=args.text, question=args.question, k=args.k,
+                                    generator=args.generator, model=args.model, force=args.force)
+    except QueryRejectedError as exc:
+        print(f"medxpert: not answered: {exc}", file=sys.stderr)
+        return 3
+    check = assistant.last_check
+    if check is not None and not check.in_distribution:  # --force
+        print(f"warning: forced: {check.message().split(' - ')[0]}", file=sys.stderr)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
@@ -124,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: Gemini when GEMINI_API_KEY/GOOGLE_API_KEY is set, else the offline reporter")
     p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
     p.add_argument("--json", action="store_true", help="print the DiagnosisReport as JSON")
+    p.add_argument("--force", action="store_true",
+                   help="report even when the query check finds the query unlike the run's radiographs (exit 3 "
+                        "without it)")
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("eval", help="recompute retrieval and classification metrics from a run's saved embeddings")

@@ -27,9 +27,10 @@ from PIL import Image
 
 from medxpert_utils.captions import Captioner
 from medxpert_utils.core import config, io
-from medxpert_utils.core.errors import ImageLoadError, MissingModelError, UserError
+from medxpert_utils.core.errors import ImageLoadError, MissingModelError, QueryRejectedError, UserError
 from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data import manifest
+from medxpert_utils.data.images import ImageFacts, image_facts
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 from medxpert_utils.report import icd10
 from medxpert_utils.report.context import ReportContext, RetrievedCase
@@ -38,6 +39,7 @@ from medxpert_utils.report.offline import RetrievalReporter
 from medxpert_utils.report.render import render_html
 from medxpert_utils.report.schema import DiagnosisReport
 from medxpert_utils.report.scoring import REPORTS_FILE, score_reports
+from medxpert_utils.retrieval.ood import QueryCheck, QueryChecker
 from medxpert_utils.retrieval.search import Hit, SearchEngine, check_k, to_image
 
 if TYPE_CHECKING:
@@ -103,6 +105,8 @@ class Assistant:
         self.lock = threading.RLock()  # one model call at a time: a query waits for a warm-up still loading
         self._engines: dict[str, SearchEngine] = {}
         self._captioner: Captioner | None = None
+        self._checkers: dict[str, QueryChecker] = {}
+        self.last_check: QueryCheck | None = None  # the query check of the last diagnose call
 
     # --- the pieces ------------------------------------------------------------------------------
     def engine(self, model: str = "fine_tuned") -> SearchEngine:
@@ -111,6 +115,35 @@ class Assistant:
             if model not in self._engines:
                 self._engines[model] = SearchEngine.from_run(self.run_dir, model=model)
             return self._engines[model]
+
+    def checker(self, model: str = "fine_tuned") -> QueryChecker:
+        """The run's query check for ``model`` (loaded once; calibrated on first use when notebook 02 did not)."""
+        with self.lock:
+            if model not in self._checkers:
+                self._checkers[model] = QueryChecker.from_run(self.cfg, model)
+            return self._checkers[model]
+
+    def check_query(self, *, image: Any = None, text: str | None = None, model: str = "fine_tuned",
+                    facts: ImageFacts | None = None) -> QueryCheck:
+        """Is the query like the run's corpus? (:mod:`medxpert_utils.retrieval.ood`)
+
+        ``image``: a path, bytes, file object, PIL image or array; its colour and DICOM tags are read from it
+        unless ``facts`` (from :func:`~medxpert_utils.data.images.image_facts` on the original file) are given,
+        as the dashboard does for an upload it has already turned grey. ``text``: the vocabulary check.
+        """
+        if (image is None) == (text is None):
+            raise UserError("pass either an image or a text query")
+        checker = self.checker(model)
+        if text is not None:
+            return checker.check_text(text)
+        if hasattr(image, "read"):
+            image = image.read()
+        if facts is None:
+            facts = image_facts(image)
+        engine = self.engine(model)
+        with self.lock:
+            vector = engine.embed_image(to_image(image))
+        return checker.check_vector(vector, facts)
 
     def captioner(self) -> Captioner | None:
         """The run's captioner (loaded once), or None when notebook 04 did not run."""
@@ -173,6 +206,7 @@ class Assistant:
     def warm_up(self, model: str = "fine_tuned") -> None:
         """Load CLIP, the captioner and the reporter's tables and run each once, so the first query is fast."""
         with self.lock:
+            self.check_query(text=WARM_UP_QUERY, model=model)  # the query check's Gaussian and vocabulary
             cases = self.similar_cases(text=WARM_UP_QUERY, k=2, model=model)
             RetrievalReporter.from_config(self.cfg).report(ReportContext.build(cases, k=2))
             icd10.describe("J90")  # loads the ICD-10-CM tables (seconds), which only reports with findings need
@@ -181,17 +215,20 @@ class Assistant:
 
     # --- one query, whole (CLI) -----------------------------------------------------------------
     def diagnose(self, image: Any = None, text: str | None = None, question: str | None = None,
-                 k: int | None = None, generator: str = "auto", model: str = "fine_tuned") -> DiagnosisReport:
+                 k: int | None = None, generator: str = "auto", model: str = "fine_tuned",
+                 force: bool = False) -> DiagnosisReport:
         """A structured report for one image (path, bytes or PIL image) or text query.
 
-        ``question`` alone is used as the text query. ``k`` defaults to ``report.top_k``.
+        ``question`` alone is used as the text query. ``k`` defaults to ``report.top_k``. A query the check
+        (:meth:`check_query`) finds unlike the corpus raises :class:`QueryRejectedError` before any report is
+        written (Gemini is not called) unless ``force``; :attr:`last_check` keeps the verdict either way.
         """
         return self.diagnose_with_cases(image=image, text=text, question=question, k=k, generator=generator,
-                                        model=model)[0]
+                                        model=model, force=force)[0]
 
     def diagnose_with_cases(self, image: Any = None, text: str | None = None, question: str | None = None,
-                            k: int | None = None, generator: str = "auto",
-                            model: str = "fine_tuned") -> tuple[DiagnosisReport, list[RetrievedCase]]:
+                            k: int | None = None, generator: str = "auto", model: str = "fine_tuned",
+                            force: bool = False) -> tuple[DiagnosisReport, list[RetrievedCase]]:
         """:meth:`diagnose`, also returning the evidence cases (for galleries and HTML thumbnails)."""
         if text is not None and not str(text).strip():
             raise UserError("empty query - pass a non-empty text, e.g. 'signs of pneumonia'")
@@ -203,17 +240,28 @@ class Assistant:
             raise UserError("pass either an image or a text query, not both")
         k = check_k(k if k is not None else self.cfg.report.top_k)
         reporter = self.reporter(generator)  # fail on a missing key before any model loads
+        self.last_check = None
         if image is not None:
             name = Path(image).name if isinstance(image, (str, os.PathLike)) else getattr(image, "name", None)
+            if hasattr(image, "read"):
+                image = image.read()
+            facts = image_facts(image)
             pil = to_image(image)
+            self._gate(self.check_query(image=pil, facts=facts, model=model), force)
             hits = self.search(image=pil, k=2 * k, model=model)
             context = ReportContext.build(hits, question=question, caption=self.caption_or_none(pil), image=pil,
                                           query_name=str(name or "<image>"), k=k)
         else:
             query = str(text).strip()
+            self._gate(self.check_query(text=query, model=model), force)
             hits = self.search(text=query, k=2 * k, model=model)
             context = ReportContext.build(hits, query_text=query, question=question, k=k)
         return reporter.report(context), context.cases
+
+    def _gate(self, check: QueryCheck, force: bool) -> None:
+        self.last_check = check
+        if not check.in_distribution and not force:
+            raise QueryRejectedError(check.message(), check)
 
     # --- batch (notebook 05) --------------------------------------------------------------------
     def generate_reports(self, n_cases: int | None = None, generator: str = "auto", model: str = "fine_tuned",

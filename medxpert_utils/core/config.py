@@ -276,6 +276,22 @@ class DashboardParams(_Section):
     save_uploads: bool = Field(False, description="Write uploads to the run folder (off: kept in memory only).")
 
 
+class QueryCheckParams(_Section):
+    """The out-of-distribution check in front of search and diagnosis (retrieval.ood, README 'Know when not to
+    answer'). Method and k were chosen by benchmarks/bench_ood.py."""
+
+    # Mahalanobis won on the demo run (benchmarks/results/bench_ood.json): AUROC 0.993 vs 0.966-0.970 for deep-kNN.
+    method: Literal["knn", "mahalanobis"] = Field(
+        "mahalanobis", description="mahalanobis: distance to a Gaussian fitted to the training images' embeddings; "
+                                   "knn: cosine distance to the k-th nearest training image (deep-kNN, Sun et al. "
+                                   "2022).")
+    k: int = Field(10, ge=1, description="knn: which nearest neighbour's distance is the score.")
+    accept: float = Field(0.95, gt=0, lt=1, description="Share of validation images the calibrated threshold accepts.")
+    colour_limit: float = Field(0.06, gt=0, le=1,
+                                description="Mean chroma (0..1) above which an image is a colour picture, not a "
+                                            "radiograph.")
+
+
 class Params(_Section):
     """Everything a run needs, as one validated tree (the YAML's top-level keys)."""
 
@@ -295,6 +311,8 @@ class Params(_Section):
     llm: LLMParams = Field(default_factory=LLMParams,
                            description="Gemini client settings (the key comes from the environment).")
     dashboard: DashboardParams = Field(default_factory=DashboardParams, description="Voila dashboard.")
+    query_check: QueryCheckParams = Field(default_factory=QueryCheckParams,
+                                          description="Out-of-distribution check of queries.")
 
 
 class Config:

@@ -15,3 +15,11 @@ class MissingModelError(UserError, OSError):
 
 class RunNotReadyError(UserError, FileNotFoundError):
     """A run lacks what a later stage needs; the message names the notebook to run first."""
+
+
+class QueryRejectedError(UserError):
+    """The query is not like the run's corpus (retrieval.ood): nothing is reported for it; ``check`` says why."""
+
+    def __init__(self, message: str, check: object = None):
+        super().__init__(message)
+        self.check = check

@@ -6,7 +6,9 @@ problem, so batch stages can skip and count it and the CLI/dashboard can show it
 
 DICOM files give up their pixels only: the modality LUT (rescale) and the VOI LUT / window are
 applied, MONOCHROME1 is inverted so bone is always bright, and no tag (patient name, id, dates)
-is copied into anything this module returns.
+is copied into anything this module returns. :func:`image_facts` is the one exception, for the query
+check: it reads the three acquisition tags Modality, BodyPartExamined and ViewPosition (nothing that
+identifies a patient) and how colourful the image is, before it is turned grey.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -163,7 +166,10 @@ def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: i
         if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
             from pydicom.pixels import convert_color_space
 
-            arr = convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
+            try:
+                arr = convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
+            except (NotImplementedError, ValueError) as exc:
+                raise _fail(shown, f"unsupported DICOM colour space ({_short(exc)})", "export as PNG") from None
         arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         return _to_uint8(arr, 0, 255 if arr.max() <= 255 else float(arr.max()))
     if arr.ndim != 2:
@@ -286,6 +292,92 @@ def verify_image(source: str | os.PathLike, name: str | None = None, full: bool 
             handle.seek(max(0, size - 1024))
             if not handle.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
                 raise _fail(shown, "truncated or corrupt JPEG (no end-of-image marker)")
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a query image says about itself before it is turned grey (see :func:`image_facts`).
+
+    ``colourfulness``: mean chroma (max - min of R, G, B, in 0..1) over the pixels; a radiograph is grey (~0).
+    ``modality``, ``body_part``, ``view``: DICOM Modality, BodyPartExamined, ViewPosition (upper case), or None.
+    """
+
+    colourfulness: float = 0.0
+    modality: str | None = None
+    body_part: str | None = None
+    view: str | None = None
+    dicom: bool = False
+
+
+def colourfulness(img: Image.Image | np.ndarray) -> float:
+    """Mean chroma in 0..1 (per pixel max - min of R, G, B): 0 for a grey image, ~0.3+ for a colour photo."""
+    if isinstance(img, Image.Image):
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        if img.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+            return 0.0  # grey, 16-bit, float: no colour
+        img.thumbnail((256, 256))  # chroma is a global property: a thumbnail is enough and fast
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    else:
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim != 3 or arr.shape[-1] < 3:
+            return 0.0
+        arr = arr[..., :3]
+    chroma = arr.max(axis=-1) - arr.min(axis=-1)
+    scale = 255.0 if arr.size and arr.max() > 1.0 else 1.0  # uint8-like values, or already in 0..1
+    return float(chroma.mean() / scale) if arr.size else 0.0
+
+
+def image_facts(source: ImageSource | Image.Image | np.ndarray, name: str | None = None,
+                max_bytes: int | None = None) -> ImageFacts:
+    """Colourfulness and, for DICOM, the Modality / BodyPartExamined / ViewPosition tags of a query image.
+
+    Reads the same sources as :func:`load_image` (plus PIL images and arrays); an unreadable file raises
+    :class:`ImageLoadError`. No other DICOM tag is read into the result.
+    """
+    if isinstance(source, (Image.Image, np.ndarray)):
+        return ImageFacts(colourfulness=colourfulness(source.copy() if isinstance(source, Image.Image) else source))
+    shown = _display_name(source, name)
+    data = _read_bytes(source, shown, max_bytes)
+    suffix = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+    if is_dicom(data) or suffix in (".dcm", ".dicom") or (name and Path(name).suffix.lower() == ".dcm"):
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=data[DICOM_MAGIC_OFFSET: DICOM_MAGIC_OFFSET + 4] != DICOM_MAGIC)
+        except (InvalidDicomError, *_DECODE_ERRORS) as exc:
+            raise _fail(shown, f"not a valid DICOM file ({exc.__class__.__name__})") from None
+
+        def tag(keyword: str) -> str | None:
+            value = str(ds.get(keyword, "") or "").strip().upper()
+            return value or None
+
+        colour = 0.0
+        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:  # a colour DICOM (photo, endoscopy, a secondary capture)
+            try:
+                arr = ds.pixel_array
+                if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                    arr = arr[0]
+                if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
+                    from pydicom.pixels import convert_color_space
+
+                    arr = convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
+                colour = colourfulness(arr.astype(np.float32) / max(float(arr.max()), 1.0))
+            except (NotImplementedError, RuntimeError, *_DECODE_ERRORS, KeyError, AttributeError):
+                colour = 1.0  # colour pixels we cannot decode: not a plain radiograph either way
+        return ImageFacts(colourfulness=colour, modality=tag("Modality"), body_part=tag("BodyPartExamined"),
+                          view=tag("ViewPosition"), dicom=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS):
+        load_image(data, name=shown)  # raises the same one-line error a query would
+        raise
+    return ImageFacts(colourfulness=colourfulness(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

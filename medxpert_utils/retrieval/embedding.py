@@ -21,6 +21,7 @@ import pandas as pd
 from medxpert_utils.core import io
 from medxpert_utils.core.errors import RunNotReadyError, UserError
 from medxpert_utils.retrieval.encoders import embed_images, embed_texts
+from medxpert_utils.retrieval.ood import calibrate_run, read_calibration
 from medxpert_utils.retrieval.store import (
     CACHE_KEY_FILE,
     CORPUS_DIR,
@@ -79,6 +80,8 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
                 saved = io.read_json(folder / CACHE_KEY_FILE)
                 if saved.get("model_spec") != spec:
                     io.write_json(folder / CACHE_KEY_FILE, {**saved, "model_spec": spec})
+            if read_calibration(cfg, model_name) is None:  # params query_check changed, or an older run
+                calibrate_run(cfg, model_name)
         if dist:
             dist.barrier()
         return out
@@ -117,6 +120,7 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
              "seconds": round(seconds, 2), "device": str(device), "processes": dist.world if dist else 1}
     io.write_json(out / CORPUS_DIR / CACHE_KEY_FILE, {**key, "stats": stats})
     io.write_json(out / CACHE_KEY_FILE, {**key, "stats": stats})
+    calibrate_run(cfg, model_name)  # the query check's threshold, on the validation images (retrieval.ood)
     if dist:
         dist.barrier()
     return out

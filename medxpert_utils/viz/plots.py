@@ -444,3 +444,29 @@ def classification_auroc(result: dict, path: str | Path | None = None):
     axes[0].invert_yaxis()
     fig.tight_layout()
     return save(fig, path)
+
+
+def ood_scores(table, score: str, threshold: float, path: str | Path | None = None):
+    """The query check's score of every image by group (in-distribution first), with the calibrated threshold;
+    images a gate refused (colour, DICOM tags) are drawn as crosses. ``table``: rows with ``group``, ``gated``
+    and the ``score`` column (retrieval.ood_eval.evaluate)."""
+    import numpy as np
+
+    groups = ["in_distribution"] + sorted(g for g in table["group"].unique() if g != "in_distribution")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(groups) + 2), 4.2))
+    rng = np.random.default_rng(0)
+    for i, group in enumerate(groups):
+        part = table[table["group"] == group]
+        x = i + rng.uniform(-0.25, 0.25, len(part))
+        gated = part["gated"].to_numpy(bool)
+        values = part[score].to_numpy(float)
+        colour = "tab:blue" if group == "in_distribution" else "tab:red"
+        ax.scatter(x[~gated], values[~gated], s=9, alpha=0.6, color=colour)
+        ax.scatter(x[gated], values[gated], s=14, alpha=0.7, color=colour, marker="x")
+    ax.axhline(threshold, color="k", lw=1, ls="--", label=f"threshold {threshold:.3g} (95% of val accepted)")
+    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=40, ha="right")
+    ax.set_yscale("symlog", linthresh=max(threshold / 10, 1e-4))
+    ax.set_ylabel(f"{score} (higher: less like the corpus)")
+    ax.set_title("Query check: test images vs out-of-distribution images (x: refused by a gate)")
+    ax.legend(loc="upper left", fontsize=8)
+    return save(fig, path)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -10,7 +11,9 @@ from medxpert_utils.assistant import Assistant
 from medxpert_utils.core import config, runs
 from medxpert_utils.core.notices import DISCLAIMER
 from medxpert_utils.report.schema import DiagnosisReport
+from medxpert_utils.retrieval.ood import QueryChecker
 from tests.fake_gemini import FakeGemini
+from tests.retrieval.test_ood import stub_checker
 
 KEY = "AIzaCLI-secret-0123456789abcdefghij"
 HITS = [
@@ -36,6 +39,18 @@ class FakeEngine:
     def search_image(self, image, k=5):
         self.queries.append(("image", image.size, k))
         return HITS[:k]
+
+    def embed_image(self, image):  # the query check's embedding: the stub checker's reference vector, unless
+        self.queries.append(("embed", image.size))  # the image is black: then far from it (score 1 > 0.5)
+        if np.asarray(image).mean() < 10:
+            return np.array([[0.5, -0.5, 0.5, -0.5]], np.float32)
+        return np.full((1, 4), 0.5, np.float32)
+
+
+@pytest.fixture(autouse=True)
+def stub_query_check(monkeypatch):
+    """The hand-made runs here have no embeddings: the query check compares with one stub vector."""
+    monkeypatch.setattr(QueryChecker, "from_run", classmethod(lambda cls, run, model="fine_tuned": stub_checker()))
 
 
 @pytest.fixture
@@ -111,3 +126,31 @@ def test_diagnose_on_a_finished_smoke_run(smoke_run, capsys):
     assert cli.main(["diagnose", "--run", str(smoke_run), "--text", "pleural effusion", "--json"]) == 0
     report = DiagnosisReport.model_validate_json(capsys.readouterr().out)
     assert report.supporting_study_ids and report.disclaimer == DISCLAIMER
+
+
+def test_an_unlike_query_gets_no_report_and_gemini_is_never_asked(tmp_path, monkeypatch, capsys):
+    import matplotlib.cbook as cbook
+
+    engine = FakeEngine()
+    monkeypatch.setattr(Assistant, "engine", lambda self, model="fine_tuned": engine)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    black = tmp_path / "black.png"
+    Image.new("L", (64, 64), 0).save(black)
+    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    with FakeGemini() as server:
+        cfg = runs.prepare(config.load("params/smoke.yaml", run=str(tmp_path / "outputs" / "ood"),
+                                       overrides={"llm.base_url": server.base_url, "llm.backoff_s": 0}))
+        run = str(cfg.run_dir)
+        for argv, reason in ((["--image", str(photo)], "a colour image"),
+                             (["--image", str(black), "--question", "effusion?"], "unlike the training images"),
+                             (["--text", "What is the capital of France?"], "content words are in no report")):
+            assert cli.main(["diagnose", "--run", run, *argv, "--json"]) == 3
+            out = capsys.readouterr()
+            assert out.out == "" and "\n" not in out.err.strip()
+            assert out.err.startswith("medxpert: not answered:") and reason in out.err and "--force" in out.err
+        assert server.requests == []  # nothing was sent for any of them
+        assert cli.main(["diagnose", "--run", run, "--image", str(black), "--json", "--force"]) == 0
+        assert len(server.requests) == 1
+    out = capsys.readouterr()
+    assert DiagnosisReport.model_validate_json(out.out).findings is not None
+    assert out.err.startswith("warning: forced:")

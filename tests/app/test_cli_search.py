@@ -31,7 +31,8 @@ def _one_line_error(capsys) -> str:
 def test_search_json_and_table(run, capsys):
     assert main(["search", "--run", str(run), "--text", "pleural effusion", "-k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"query", "hits"} and out["query"] == "pleural effusion"
+    assert set(out) == {"query", "query_check", "hits"} and out["query"] == "pleural effusion"
+    assert set(out["query_check"]) == {"in_distribution", "score", "threshold", "reason"}
     assert [h["rank"] for h in out["hits"]] == [1, 2, 3]
     for hit in out["hits"]:
         assert set(hit) == {"rank", "score", "study_id", "report", "image_path", "labels"}

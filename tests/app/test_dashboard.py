@@ -27,6 +27,7 @@ from medxpert_utils.core import config, runs
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.notices import DISCLAIMER
 from medxpert_utils.report.schema import DiagnosisReport, Finding, Icd10Code
+from medxpert_utils.retrieval.ood import QueryCheck, gate_reason
 from medxpert_utils.viz import html as viz_html
 
 
@@ -82,6 +83,15 @@ class FakeAssistant:
     def warm_up(self, model):
         assert self.warm_gate.wait(10)
         self.calls.append(("warm_up", model))
+
+    def check_query(self, *, image=None, text=None, model="fine_tuned", facts=None):
+        """The real gates on the upload's facts; a black image or a question about France is unlike the corpus."""
+        if text is not None:
+            far = "france" in text.lower()
+            return QueryCheck(not far, float(far), 0.5, "words in no report" if far else "known words", "text")
+        gate = gate_reason(facts, 0.06)
+        far = float(np.asarray(image).mean() < 10)
+        return QueryCheck(gate is None and not far, far, 0.5, gate or ("unlike the training images" if far else "ok"))
 
     def similar_cases(self, *, image=None, text=None, k=5, model="fine_tuned"):
         self.calls.append(("search", model, k, image is not None, text))
@@ -236,10 +246,49 @@ def test_upload_corrupt_then_good(isolated_dirs):
     search, caption, report = board.assistant.calls[-3:]
     assert search[3] is True and search[4] is None  # searched by image; the text became the question
     assert report == ("report", "offline", "is there an effusion?", "right pleural effusion")
-    assert set(board.timings) == {"search", "caption", "report", "total"}
+    assert set(board.timings) == {"check", "search", "caption", "report", "total"}
 
     board.clear_button.click()
     assert board.image is None and board.gallery.value == "" and board.image_section.layout.display == "none"
+
+
+@pytest.mark.parametrize("content, name, reason", [
+    (None, "grace_hopper.jpg", "a colour image"),
+    (np.zeros((64, 64), np.uint8), "black.png", "unlike the training images"),
+])
+def test_an_unlike_upload_shows_a_banner_not_a_report(isolated_dirs, content, name, reason):
+    import matplotlib.cbook as cbook
+
+    data = (open(cbook.get_sample_data(name, asfileobj=False), "rb").read() if content is None
+            else _encode(Image.fromarray(content)))
+    board = _board(_fabricate_run(isolated_dirs))
+    board.query.value = "is there an effusion?"
+    board.upload.value = _upload_value(data, name)
+    assert board.error.value == "" and board.image is not None
+    assert "Not answered" in _text(board.check_view) and reason in _text(board.check_view)
+    assert board.report_view.value == "" and board.downloads.value == "" and board.caption.value == ""
+    assert not any(call[0] in ("report", "caption") for call in board.assistant.calls)  # no report, no Gemini
+    assert board.report_section.layout.display == "" and board.gallery_section.layout.display == "none"
+    assert "Not answered" in board.status.value
+    board.show_hits_button.click()  # the cases, on request
+    assert board.gallery_section.layout.display == "" and board.gallery.value.count('class="mx-card"') == 4
+    board.clear_button.click()
+    board.query.value = "small right pleural effusion"
+    board.search_button.click()  # a good query afterwards: the report again, no banner
+    assert board.check_view.value == "" and "Pleural Effusion" in board.report_view.value
+
+
+def test_a_text_query_unlike_the_reports_gets_the_banner(isolated_dirs):
+    board = _board(_fabricate_run(isolated_dirs))
+    board.query.value = "What is the capital of France?"
+    board.search_button.click()
+    assert "Not answered: this query" in _text(board.check_view) and board.report_view.value == ""
+
+
+def _encode(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_upload_too_large_and_not_an_image(isolated_dirs):

@@ -14,7 +14,9 @@ from medxpert_utils.core.errors import UserError
 from medxpert_utils.data import manifest
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 from medxpert_utils.report import read_reports
+from medxpert_utils.retrieval.ood import QueryChecker
 from tests.report.test_offline_reporter import hit
+from tests.retrieval.test_ood import stub_checker
 
 # --- notebook 05's batch, on a hand-made run with a stand-in search engine ------------------------
 
@@ -84,10 +86,14 @@ class CountingEngine:
 
     search_image = search_text
 
+    def embed_image(self, image):
+        return np.full((1, 4), 0.5, np.float32)
+
 
 @pytest.fixture
 def assistant(tmp_path, monkeypatch):
     loads = []
+    monkeypatch.setattr(QueryChecker, "from_run", classmethod(lambda cls, run, model="fine_tuned": stub_checker()))
 
     def fake_from_run(run_dir, model="fine_tuned"):
         loads.append(model)

@@ -27,6 +27,7 @@ from medxpert_utils.app.dashboard import render as dashboard_render
 from medxpert_utils.app.dashboard import server
 from medxpert_utils.core.notices import DISCLAIMER
 from medxpert_utils.core.paths import PROJECT_ROOT
+from tests.retrieval.test_ood import ood_test_images
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -215,10 +216,25 @@ def test_dashboard_in_chromium(voila_url, browser, served_run, tmp_path):
         assert "cannot read image 'broken.png'" in error.inner_text()
         assert page.locator(".mx-card").count() == 0
         assert "Traceback" not in page.content()
-        _timed("image upload -> report (warm)", upload("good.png", _png_bytes(1)), latencies)
+        other_image = dashboard_render.resolve_image_path(_first_hit_path(served_run, 1), served_run)
+        _timed("image upload -> report (warm)", upload("good.png", other_image.read_bytes()), latencies)
         _print_status(page)
         assert page.locator(".mx-message").count() == 0
         page.screenshot(path=str(tmp_path / "after_error.png"), full_page=True)
+
+        # images unlike the run's radiographs: a warning banner instead of the report, the cases on request
+        for name, content, mime in ood_test_images(served_run):
+            page.evaluate("document.querySelectorAll('.mx-card, .mx-report, .mx-ood, .mx-message')"
+                          ".forEach(e => e.remove())")
+            _upload(page, name, content, mime)
+            page.wait_for_function("document.querySelector('.mx-ood, .mx-report, .mx-message') !== null",
+                                   timeout=HANG_S * 1000)
+            assert page.locator(".mx-ood").count() == 1, f"{name} was not flagged"
+            assert page.locator(".mx-report").count() == 0 and "Not answered" in page.locator(".mx-ood").inner_text()
+            assert not page.locator(".mx-card").first.is_visible()
+        page.get_by_role("button", name="Show the similar cases anyway").click()
+        page.locator(".mx-card").first.wait_for(state="visible", timeout=HANG_S * 1000)
+        page.screenshot(path=str(tmp_path / "not_answered.png"), full_page=True)
     finally:
         page.close()
     print("dashboard latencies (s):", {name: round(value, 2) for name, value in latencies.items()})
@@ -242,11 +258,11 @@ def _print_status(page) -> None:
     print("  page status:", page.locator(".mx-done").inner_text(), page.locator(".mx-done + .mx-note").inner_text())
 
 
-def _first_hit_path(run_dir: Path) -> str:
+def _first_hit_path(run_dir: Path, position: int = 0) -> str:
     """An image of the run's corpus, to upload as a realistic query."""
     from medxpert_utils.data import manifest
 
-    return str(manifest.read(run_dir)["image_path"].iloc[0])
+    return str(manifest.read(run_dir)["image_path"].iloc[position])
 
 
 def _save_docs_screenshot(page) -> None:

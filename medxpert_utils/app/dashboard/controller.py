@@ -37,7 +37,14 @@ from medxpert_utils.app.dashboard.inputs import (
     run_options,
     run_problem,
 )
-from medxpert_utils.app.dashboard.render import download_link, gallery_html, hits_csv, report_html, to_json
+from medxpert_utils.app.dashboard.render import (
+    download_link,
+    gallery_html,
+    hits_csv,
+    query_check_html,
+    report_html,
+    to_json,
+)
 from medxpert_utils.app.dashboard.widgets import (
     action_button,
     gemini_checkbox,
@@ -54,6 +61,7 @@ from medxpert_utils.app.dashboard.widgets import (
 from medxpert_utils.assistant import Assistant
 from medxpert_utils.core import config, io
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.data.images import ImageFacts, image_facts
 from medxpert_utils.viz.html import esc, png_bytes
 
 MAX_QUERY_CHARS = 2000
@@ -70,6 +78,8 @@ class Dashboard:
         self.assistant: Any = None
         self.run_dir: Path | None = None
         self.image: Image.Image | None = None
+        self.facts: ImageFacts | None = None  # colour and DICOM Modality/body part/view of the upload, for the check
+        self.check: Any = None
         self.hits: list = []
         self.report: Any = None
         self.timings: dict[str, float] = {}
@@ -95,16 +105,21 @@ class Dashboard:
         self.caption = widgets.HTML()
         self.gallery = widgets.HTML()
         self.report_view = widgets.HTML()
+        self.check_view = widgets.HTML()  # the query check's banner when the query is unlike the run's images
+        self.show_hits_button = action_button("Show the similar cases anyway", icon="eye")
+        self.show_hits_button.layout.display = "none"
         self.downloads = widgets.HTML()
         self.log = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
         self.image_section = section("Query image", self.query_image, self.caption)
-        self.report_section = section("Diagnosis report (research only)", self.report_view, self.downloads)
+        self.report_section = section("Diagnosis report (research only)", self.check_view, self.show_hits_button,
+                                      self.report_view, self.downloads)
         self.gallery_section = section("Similar cases", self.gallery)
 
         self.runs.observe(self._on_run_change, names="value")
         self.upload.observe(self._on_upload, names="value")
         self.search_button.on_click(self._on_search)
         self.clear_button.on_click(self._on_clear)
+        self.show_hits_button.on_click(self._on_show_hits)
         self.query.observe(lambda change: self._set_error(""), names="value")
 
         details = widgets.Accordion(children=[self.log], titles=("Log",), selected_index=None)
@@ -188,8 +203,9 @@ class Dashboard:
         try:
             upload = read_upload(value, self.max_upload_mb)
             image = decode_upload(upload, self.max_upload_mb) if upload else None
+            facts = image_facts(upload.content, name=upload.name) if upload else None
         except UserError as exc:
-            self.image = None
+            self.image = self.facts = None
             self._clear_results(keep_image=False)
             self._set_error(str(exc))
             return
@@ -197,7 +213,7 @@ class Dashboard:
             self.upload.value = ()  # the widget keeps no copy of the file; re-uploading the same file works
         if image is None:
             return
-        self.image = image
+        self.image, self.facts = image, facts
         self.query_image.value = png_bytes(image)
         self.image_section.layout.display = ""
         if self.save_uploads and self.run_dir is not None:
@@ -215,7 +231,7 @@ class Dashboard:
 
     def clear_image(self) -> None:
         """Forget the uploaded image and its results; the next search uses the text."""
-        self.image = None
+        self.image = self.facts = None
         self._clear_results(keep_image=False)
         self._set_error("")
 
@@ -236,16 +252,30 @@ class Dashboard:
         self._clear_results(keep_image=self.image is not None)
         image, model, k = self.image, self.model.value, int(self.k.value)
         generator = "gemini" if (self.gemini.value and not self.gemini.disabled) else "offline"
-        steps = ["Searching", *(["Captioning"] if image is not None else []), "Writing the report"]
+        steps = ["Checking the query", "Searching", *(["Captioning"] if image is not None else []),
+                 "Writing the report"]
         self.timings, done = {}, ""
         self._busy(True, len(steps))
         try:
             t0 = time.perf_counter()
+            self._step("Checking the query")
+            self.check = check = (self.assistant.check_query(image=image, facts=self.facts, model=model)
+                                  if image is not None else self.assistant.check_query(text=text, model=model))
+            self.timings["check"] = time.perf_counter() - t0
+            t_search = time.perf_counter()
             self._step("Searching")
             hits = self.assistant.similar_cases(image=image, text=None if image is not None else text, k=k, model=model)
-            self.timings["search"] = time.perf_counter() - t0
+            self.timings["search"] = time.perf_counter() - t_search
             self.hits = hits
             self.gallery.value = gallery_html(hits, self.run_dir)
+            if not check.in_distribution:  # no caption, no report (Gemini is never asked); the cases on request
+                self.check_view.value = query_check_html(check)
+                self.show_hits_button.layout.display = ""
+                self.report_section.layout.display = ""
+                self.timings["total"] = time.perf_counter() - t0
+                done = ('<span class="mx-done mx-not-answered">Not answered: the query is unlike this run\'s '
+                        'radiographs</span>')
+                return
             self.gallery_section.layout.display = ""
             caption = None
             if image is not None:
@@ -291,6 +321,10 @@ class Dashboard:
                 return report
         return self.assistant.write_report(hits, generator="offline", **kwargs)
 
+    def _on_show_hits(self, _button: widgets.Button | None = None) -> None:
+        self.gallery_section.layout.display = ""
+        self.show_hits_button.layout.display = "none"
+
     def _download_links(self, hits: list, report: Any) -> str:
         payload = to_json(report)
         return ("<p>" + download_link(payload, "medxpert_report.json", "application/json", "Download report (JSON)")
@@ -324,9 +358,10 @@ class Dashboard:
         self.progress.value = min(self.progress.value + 1, self.progress.max)
 
     def _clear_results(self, keep_image: bool) -> None:
-        self.hits, self.report = [], None
-        for view in (self.caption, self.gallery, self.report_view, self.downloads):
+        self.hits, self.report, self.check = [], None, None
+        for view in (self.caption, self.gallery, self.report_view, self.downloads, self.check_view):
             view.value = ""
+        self.show_hits_button.layout.display = "none"
         self.report_section.layout.display = self.gallery_section.layout.display = "none"
         if not keep_image:
             self.image_section.layout.display = "none"

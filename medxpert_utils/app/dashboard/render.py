@@ -85,9 +85,22 @@ CSS = """<style>
 .mx-report a,.mx-download{color:#1a5fb4;text-decoration:underline}
 .mx-report td,.mx-report th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 .mx-download{margin-right:12px}
+.mx-ood{background:#fde2e1;border:1px solid #a4161a;color:#5c0b0e;padding:8px 10px;border-radius:4px}
 </style>"""
 
 
+
+
+def query_check_html(check: Any) -> str:
+    """The warning banner shown instead of the report when the query check finds the query unlike the run's
+    radiographs (``retrieval.ood.QueryCheck``)."""
+    data = check.to_dict() if hasattr(check, "to_dict") else dict(check)
+    what = "image" if getattr(check, "kind", "image") == "image" else "query"
+    return (f'<div class="mx-ood" data-score="{float(data["score"]):.4f}"><b>Not answered: this {what} does not look '
+            "like the chest radiographs this run was built on.</b> No report was written, so no findings are "
+            f"suggested for it.<br><span class='mx-ood-reason'>{esc(data['reason'])}</span><br>"
+            "Query with a frontal chest X-ray. The most similar cases are shown on request; they are not evidence "
+            "about this query.</div>")
 
 
 def _label_tags(labels: dict[str, Any] | None) -> str:
