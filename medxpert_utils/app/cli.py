@@ -70,8 +70,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     image = to_image(args.image)
     heat = Assistant(args.run).explain(image, args.text, model=args.model, method=args.method)
     picture = Image.fromarray(heatmap_overlay(image, normalise(heat)))
-    with io.atomic_path(args.out, suffix=args.out.suffix) as tmp:
-        picture.save(tmp)
+    with io.atomic_path(args.out) as tmp:
+        picture.save(tmp, format="PNG" if args.out.suffix.lower() == ".png" else "JPEG")
     y, x = divmod(int(heat.argmax()), heat.shape[1])
     print(f"wrote {args.out} ({heat.shape[1]}x{heat.shape[0]}; map maximum at x={x}, y={y})")
     return 0

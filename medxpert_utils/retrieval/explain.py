@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 METHODS = ("patch", "gradcam", "grad_x_input")
 NEUTRAL_TEXT = "No acute cardiopulmonary process."  # maps show text minus this normal impression (see Explainer)
-DEFAULT_METHOD = "gradcam"  # used until a run's grounding evaluation has measured which is better
+DEFAULT_METHOD = "grad_x_input"  # best on the demo validation split (README); a run's own grounding.json overrides it
 GROUNDING_FILE = "grounding.json"  # under the run's metrics/
 
 

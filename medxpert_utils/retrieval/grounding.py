@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ LOCAL_KINDS = {"effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax", "
                "consolidation": "Consolidation", "fracture": "Fracture", "device": "Support Devices"}
 LOCAL = "local findings"
 PRIOR = "centre_prior"
+CNR_EPS = 1e-6  # variance floor of the CNR's denominator (a perfect two-valued map scores 1000, not infinity)
 
 
 # --- cases --------------------------------------------------------------------------------------------------
@@ -52,6 +54,9 @@ def grounding_cases(frame: pd.DataFrame, split: str | None = None, positive_only
     """
     from medxpert_utils.data.synthetic.dataset import REGIONS_FILE, read_regions
 
+    if "source" in frame and not (frame["source"] == "demo").all():
+        raise UserError("grounding needs the demo source: only its generator records where each finding is drawn "
+                        "(data.source: demo)")
     rows = frame if split is None else frame.loc[frame["split"] == split]
     if rows.empty:
         raise UserError(f"no manifest rows in split '{split}' to ground")
@@ -103,8 +108,8 @@ def cnr(heatmap: np.ndarray, boxes: Sequence[Sequence[int]]) -> float:
         return float("nan")
     scaled = normalise(heatmap)
     inside, outside = scaled[mask], scaled[~mask]
-    spread = float(np.sqrt(inside.var() + outside.var()))
-    return float(abs(inside.mean() - outside.mean()) / spread) if spread > 0 else 0.0
+    spread = float(np.sqrt(inside.var() + outside.var() + CNR_EPS))  # eps: a flat map scores 0, not nan
+    return float(abs(inside.mean() - outside.mean()) / spread)
 
 
 def centre_prior(shape: tuple[int, int]) -> np.ndarray:

@@ -208,6 +208,22 @@ def test_dashboard_in_chromium(voila_url, browser, served_run, tmp_path):
         page.screenshot(path=str(tmp_path / "image_query.png"), full_page=True)
         _save_docs_screenshot(page)
 
+        # where: the typed question's heatmap is blended on the query image; the toggles switch it off and on
+        page.locator("textarea").fill("left pleural effusion")
+        _timed("image + text -> heatmaps", lambda: _search_with_heatmap(page, k), latencies)
+        picture = page.locator("img.widget-image").first
+        assert "left pleural effusion" in page.locator(".mx-heat").inner_text()
+        with_map = picture.get_attribute("src")
+        page.screenshot(path=str(tmp_path / "heatmap.png"), full_page=True)
+        page.get_by_role("button", name="off", exact=True).click()
+        page.locator(".mx-heat").wait_for(state="detached", timeout=HANG_S * 1000)
+        page.wait_for_function("src => document.querySelector('img.widget-image').src !== src", arg=with_map,
+                               timeout=HANG_S * 1000)
+        page.get_by_role("button", name="query: left pleural effusion").click()
+        page.locator(".mx-heat").wait_for(state="visible", timeout=HANG_S * 1000)
+        assert picture.get_attribute("src") == with_map
+        page.locator("textarea").fill("")
+
         # a corrupt upload: a one-line message, no traceback; the next good upload works
         _upload(page, "broken.png", b"\x89PNG\r\n\x1a\nnot really a png")
         error = page.locator(".mx-message")
@@ -235,6 +251,13 @@ def test_missing_run_in_url_is_a_message(voila_url, browser):
         assert "Traceback" not in page.content()
     finally:
         page.close()
+
+
+def _search_with_heatmap(page, k: int) -> None:
+    page.evaluate("document.querySelectorAll('.mx-card, .mx-heat, .mx-message').forEach(e => e.remove())")
+    page.get_by_role("button", name="Search").click()
+    _wait_cards(page, k)
+    page.locator(".mx-heat").wait_for(state="visible", timeout=HANG_S * 1000)
 
 
 def _print_status(page) -> None:
