@@ -27,7 +27,7 @@ from PIL import Image
 
 from medxpert_utils.captions import Captioner
 from medxpert_utils.core import config, io
-from medxpert_utils.core.errors import ImageLoadError, MissingModelError, UserError
+from medxpert_utils.core.errors import ImageLoadError, MissingModelError, RunNotReadyError, UserError
 from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data import manifest
 from medxpert_utils.data.labels import CHEXPERT_LABELS
@@ -184,10 +184,16 @@ class Assistant:
 
     # --- where: heatmaps of a text over an image ----------------------------------------------------
     def explainer(self, model: str = "fine_tuned") -> Explainer:
-        """The run's heatmap maker for ``model`` (CLIP loaded once)."""
+        """The run's heatmap maker for ``model``, sharing the search engine's CLIP (loaded once)."""
         with self.lock:
             if model not in self._explainers:
-                self._explainers[model] = Explainer.from_run(self.run_dir, model)
+                try:
+                    engine = self.engine(model)
+                except RunNotReadyError:  # no search index yet (notebook 02): a heatmap needs only the model
+                    self._explainers[model] = Explainer.from_run(self.run_dir, model)
+                else:
+                    clip_model, processor = engine.clip_model()
+                    self._explainers[model] = Explainer(clip_model, processor, max_length=engine.max_length)
             return self._explainers[model]
 
     def explain(self, image: Any, text: str, model: str = "fine_tuned", method: str | None = None) -> "np.ndarray":

@@ -7,7 +7,8 @@ For each case and map (:mod:`.explain`):
 
 - pointing game: the map's maximum falls inside one of the finding's boxes;
 - CNR (BioViL, MS-CXR): ``|mean_in - mean_out| / sqrt(var_in + var_out)`` of the map scaled to [0, 1],
-  inside vs outside the boxes.
+  inside vs outside the boxes;
+- side: for findings in one image half, the map's maximum is in that half (laterality, coarser than pointing).
 
 Baseline: a centre prior (a Gaussian bump at the image centre, the best guess that knows nothing).
 :func:`evaluate_grounding` picks the map method on the validation split (fine-tuned model's
@@ -119,11 +120,22 @@ def centre_prior(shape: tuple[int, int]) -> np.ndarray:
     return np.exp(-(((x - (w - 1) / 2) / (w / 4)) ** 2 + ((y - (h - 1) / 2) / (h / 4)) ** 2) / 2).astype(np.float32)
 
 
+def side_hit(heatmap: np.ndarray, boxes: Sequence[Sequence[int]]) -> float:
+    """For a finding in one image half (one box not crossing the midline): 1.0 when the map's maximum is in
+    that half, else 0.0; nan for findings on both sides or across the midline."""
+    width = heatmap.shape[1]
+    if len(boxes) != 1 or (boxes[0][0] < width / 2 < boxes[0][2]):
+        return float("nan")
+    _, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return float((x < width / 2) == (boxes[0][2] <= width / 2))
+
+
 def score_maps(cases: pd.DataFrame, maps: Sequence[np.ndarray]) -> pd.DataFrame:
-    """``cases`` with ``hit`` (pointing game) and ``cnr`` of each case's map."""
+    """``cases`` with ``hit`` (pointing game), ``cnr`` and ``side`` (:func:`side_hit`) of each case's map."""
     out = cases.copy()
     out["hit"] = [pointing_hit(m, b) for m, b in zip(maps, cases["boxes"])]
     out["cnr"] = [cnr(m, b) for m, b in zip(maps, cases["boxes"])]
+    out["side"] = [side_hit(m, b) for m, b in zip(maps, cases["boxes"])]
     return out
 
 
@@ -144,7 +156,8 @@ def bootstrap_ci(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, see
 
 
 def summarise(scored: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Per observation (and ``local findings`` pooled): n, pointing accuracy and mean CNR with their CIs."""
+    """Per observation (and ``local findings`` pooled): n, pointing accuracy, mean CNR and side accuracy (on the
+    ``n_one_side`` findings in one image half) with their CIs."""
     groups = {LOCAL: scored.loc[scored["local"]]}
     groups.update({obs: g for obs, g in scored.groupby("observation", sort=True)})
     out = {}
@@ -152,9 +165,13 @@ def summarise(scored: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[s
         if g.empty:
             continue
         entry: dict[str, Any] = {"n": int(len(g)), "local": bool(g["local"].all())}
-        for metric, column in (("pointing", "hit"), ("cnr", "cnr")):
+        entry["n_one_side"] = int(g["side"].notna().sum())
+        for metric, column in (("pointing", "hit"), ("cnr", "cnr"), ("side", "side")):
             values = g[column].to_numpy(dtype=float)
-            entry[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            if not np.isfinite(values).any():  # JSON has no NaN: a metric with no case is null
+                entry[metric], entry[f"{metric}_ci95"] = None, [None, None]
+                continue
+            entry[metric] = float(np.nanmean(values))
             entry[f"{metric}_ci95"] = list(bootstrap_ci(values, g["patient_id"].to_numpy(), n_boot, seed))
         out[name] = entry
     return out
@@ -166,7 +183,7 @@ def _prior_maps(cases: pd.DataFrame) -> list[np.ndarray]:
 
 def _local_score(summary: dict[str, dict[str, Any]]) -> tuple[float, float]:
     entry = summary.get(LOCAL, {})
-    return float(entry.get("pointing", float("nan"))), float(entry.get("cnr", float("nan")))
+    return tuple(float("nan") if entry.get(k) is None else float(entry[k]) for k in ("pointing", "cnr"))
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -248,7 +265,9 @@ def grounding_table(result: dict[str, Any]) -> pd.DataFrame:
         for obs, e in per_obs.items():
             rows.append({"observation": obs, "model": model, "n": e["n"],
                          "pointing": e["pointing"], "pointing 95% CI": tuple(round(v, 3) for v in e["pointing_ci95"]),
-                         "CNR": e["cnr"], "CNR 95% CI": tuple(round(v, 3) for v in e["cnr_ci95"])})
+                         "CNR": e["cnr"], "CNR 95% CI": tuple(round(v, 3) for v in e["cnr_ci95"]),
+                         "side": e.get("side"),
+                         "side 95% CI": tuple(None if v is None else round(v, 3) for v in e.get("side_ci95", []))})
     table = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate([LOCAL, *sorted(set(table["observation"]) - {LOCAL})])}
     return table.sort_values(["observation", "model"], key=lambda s: s.map(order) if s.name == "observation"
@@ -256,9 +275,10 @@ def grounding_table(result: dict[str, Any]) -> pd.DataFrame:
 
 
 def grounding_figure(run: str | os.PathLike, n: int = 6, model: str = "fine_tuned", method: str | None = None,
-                     split: str = "test", seed: int = 0) -> "matplotlib.figure.Figure":
+                     split: str = "test", seed: int = 0,
+                     path: str | os.PathLike | None = None) -> "matplotlib.figure.Figure":
     """Test images with the map of their finding's phrase, the finding's boxes and the map's maximum:
-    one local finding per observation where possible (the first ``n``)."""
+    one local finding per observation where possible (the first ``n``); saved to ``path`` when given."""
     from medxpert_utils.core import config
     from medxpert_utils.data import manifest
     from medxpert_utils.data.images import load_image
@@ -279,4 +299,5 @@ def grounding_figure(run: str | os.PathLike, n: int = 6, model: str = "fine_tune
     titles = [f"'{p}'\n{'hit' if pointing_hit(m, b) else 'miss'}"
               for p, m, b in zip(chosen["phrase"], maps, chosen["boxes"])]
     return heatmap_grid(images, [normalise(m) for m in maps], list(chosen["boxes"]), titles,
-                        suptitle=f"{model} CLIP, {method} maps (box: where the finding is drawn, x: map maximum)")
+                        suptitle=f"{model} CLIP, {method} maps (box: where the finding is drawn, x: map maximum)",
+                        path=path)

@@ -74,3 +74,13 @@ def test_assistant_explains_the_report_findings(run, xray):
     assert list(maps) == ["left pleural effusion", "cardiomegaly"]  # absent findings get no map
     assert all(m.shape == (40, 56) for m in maps.values())
     assert np.allclose(maps["left pleural effusion"], assistant.explain(image, "left pleural effusion"))
+
+
+def test_the_assistant_shares_the_search_engines_clip(tmp_path_factory):
+    from tests.retrieval.test_embed import make_indexed_run
+
+    cfg = make_indexed_run(tmp_path_factory.mktemp("shared") / "run")
+    assistant = Assistant(cfg.run_dir)
+    explainer = assistant.explainer("fine_tuned")
+    assert explainer.model is assistant.engine("fine_tuned").clip_model()[0]
+    assert assistant.explainer("fine_tuned") is explainer

@@ -121,6 +121,14 @@ def test_pointing_game_and_cnr():
     assert np.isnan(gr.cnr(flat, [[0, 0, 10, 10]]))
 
 
+def test_side_hit_needs_a_finding_in_one_half():
+    heat = np.zeros((10, 10), dtype=np.float32)
+    heat[5, 2] = 1.0  # maximum in the left image half
+    assert gr.side_hit(heat, [[0, 0, 4, 4]]) == 1.0 and gr.side_hit(heat, [[6, 6, 9, 9]]) == 0.0
+    assert np.isnan(gr.side_hit(heat, [[3, 0, 7, 4]]))  # across the midline
+    assert np.isnan(gr.side_hit(heat, [[0, 0, 4, 4], [6, 0, 9, 4]]))  # bilateral
+
+
 def test_centre_prior_peaks_at_the_centre():
     prior = gr.centre_prior((64, 64))
     y, x = np.unravel_index(int(np.argmax(prior)), prior.shape)
@@ -199,6 +207,7 @@ def test_evaluate_grounding_writes_the_metrics(grounding_run, torch_one_thread):
             assert 0 <= entry["pointing"] <= 1
             lo, hi = entry["pointing_ci95"]
             assert lo <= entry["pointing"] + 1e-9 and entry["pointing"] <= hi + 1e-9
+            assert entry["n_one_side"] <= entry["n"] and (entry["n_one_side"] == 0 or 0 <= entry["side"] <= 1)
     # the prior's figures are the recomputed ones
     cases = gr.grounding_cases(mf.read(grounding_run.run_dir), "test")
     prior_hits = [gr.pointing_hit(gr.centre_prior((64, 64)), b) for b in cases.loc[cases["local"], "boxes"]]
@@ -209,7 +218,8 @@ def test_evaluate_grounding_writes_the_metrics(grounding_run, torch_one_thread):
     assert table.index[0][0] == gr.LOCAL and {"pointing", "CNR"} <= set(table.columns)
 
 
-def test_grounding_figure(grounding_run, torch_one_thread):
-    fig = gr.grounding_figure(grounding_run.run_dir, n=3)
+def test_grounding_figure(grounding_run, torch_one_thread, tmp_path):
+    fig = gr.grounding_figure(grounding_run.run_dir, n=3, path=tmp_path / "grounding.png")
+    assert (tmp_path / "grounding.png").stat().st_size > 1000
     assert len([ax for ax in fig.axes if ax.images]) == 3
     assert all("hit" in ax.get_title() or "miss" in ax.get_title() for ax in fig.axes if ax.images)
