@@ -189,13 +189,14 @@ def _local_score(summary: dict[str, dict[str, Any]]) -> tuple[float, float]:
 # --- the run ------------------------------------------------------------------------------------------------
 
 def evaluate_grounding(run: str | os.PathLike, methods: Sequence[str] = METHODS, n_boot: int | None = None,
-                       write: bool = True, progress: bool = True) -> dict[str, Any]:
+                       write: bool = True, progress: bool = True, compare_on_test: bool = False) -> dict[str, Any]:
     """Grounding of the run's zero-shot and fine-tuned CLIP on the demo's drawn findings; writes
     ``metrics/grounding.json`` (atomic) and returns it.
 
     The map method is chosen on the validation split (fine-tuned pointing accuracy on the local
     findings, then CNR); the test split is scored with it for both models and the centre prior.
-    Every method's test figures are kept under ``methods`` so the choice can be checked.
+    ``methods`` holds the test figures of every (model, method) scored: the chosen method's, or with
+    ``compare_on_test`` every method's (three times the work), to check the choice.
     """
     from medxpert_utils.core import config
     from medxpert_utils.core.progress import tqdm
@@ -213,20 +214,25 @@ def evaluate_grounding(run: str | os.PathLike, methods: Sequence[str] = METHODS,
     started = time.perf_counter()
     explainers = {name: Explainer.from_run(cfg.run_dir, name) for name in ("zero_shot", "fine_tuned")}
     summaries: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
-    scored_all: dict[tuple[str, str, str], pd.DataFrame] = {}
-    jobs = [(split, name, m) for split in ("val", "test") for name in explainers for m in methods]
-    for split, name, method in tqdm(jobs, desc="grounding", unit="map set", disable=not progress):
+
+    def score(split: str, name: str, method: str) -> None:
         c = cases[split]
         maps = explainers[name].maps(c["image_path"].tolist(), c["phrase"].tolist(), method)
-        scored = score_maps(c, maps)
-        scored_all[(split, name, method)] = scored
-        summaries[split][f"{name}/{method}"] = summarise(scored, n_boot, cfg.seed)
-    for split in ("val", "test"):
-        summaries[split][PRIOR] = summarise(score_maps(cases[split], _prior_maps(cases[split])), n_boot, cfg.seed)
+        summaries[split][f"{name}/{method}"] = summarise(score_maps(c, maps), n_boot, cfg.seed)
 
-    val_scores = {m: _local_score(summaries["val"][f"fine_tuned/{m}"]) for m in methods}
-    chosen = max(methods, key=lambda m: (np.nan_to_num(val_scores[m][0], nan=-1), np.nan_to_num(val_scores[m][1],
-                                                                                             nan=-1)))
+    with tqdm(total=len(methods) * (3 if compare_on_test else 1) + (0 if compare_on_test else 2), desc="grounding",
+              unit="map set", disable=not progress) as bar:
+        for method in methods:  # the choice: the fine-tuned model on the validation split
+            score("val", "fine_tuned", method)
+            bar.update()
+        val_scores = {m: _local_score(summaries["val"][f"fine_tuned/{m}"]) for m in methods}
+        chosen = max(methods, key=lambda m: (np.nan_to_num(val_scores[m][0], nan=-1),
+                                             np.nan_to_num(val_scores[m][1], nan=-1)))
+        for name in explainers:
+            for method in (methods if compare_on_test else [chosen]):
+                score("test", name, method)
+                bar.update()
+    summaries["test"][PRIOR] = summarise(score_maps(cases["test"], _prior_maps(cases["test"])), n_boot, cfg.seed)
     test = {"zero_shot": summaries["test"][f"zero_shot/{chosen}"],
             "fine_tuned": summaries["test"][f"fine_tuned/{chosen}"], PRIOR: summaries["test"][PRIOR]}
     ft, zs, prior = (test[k].get(LOCAL, {}) for k in ("fine_tuned", "zero_shot", PRIOR))

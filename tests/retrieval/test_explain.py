@@ -195,7 +195,7 @@ def test_grounding_cases_need_the_demo_regions(tmp_path):
 
 
 def test_evaluate_grounding_writes_the_metrics(grounding_run, torch_one_thread):
-    result = gr.evaluate_grounding(grounding_run.run_dir, n_boot=100, progress=False)
+    result = gr.evaluate_grounding(grounding_run.run_dir, n_boot=100, progress=False, compare_on_test=True)
     saved = json.loads((grounding_run.paths.metrics / "grounding.json").read_text())
     assert saved["selection"]["method"] == result["selection"]["method"] in ex.METHODS
     assert set(saved["models"]) == {"zero_shot", "fine_tuned", gr.PRIOR}
@@ -216,6 +216,13 @@ def test_evaluate_grounding_writes_the_metrics(grounding_run, torch_one_thread):
     assert ex.selected_method(grounding_run.run_dir) == saved["selection"]["method"]
     table = gr.grounding_table(saved)
     assert table.index[0][0] == gr.LOCAL and {"pointing", "CNR"} <= set(table.columns)
+
+
+def test_grounding_scores_only_the_chosen_method_on_test_by_default(grounding_run, torch_one_thread):
+    result = gr.evaluate_grounding(grounding_run.run_dir, n_boot=50, progress=False, write=False)
+    chosen = result["selection"]["method"]
+    assert set(result["methods"]) == {f"zero_shot/{chosen}", f"fine_tuned/{chosen}"}
+    assert result["models"]["fine_tuned"] == result["methods"][f"fine_tuned/{chosen}"]
 
 
 def test_grounding_figure(grounding_run, torch_one_thread, tmp_path):
