@@ -1,6 +1,6 @@
 """``medxpert`` command line: the notebooks' work in batch.
 
-Subcommands: ``run`` (the notebook chain), ``search``, ``diagnose``, ``eval``, ``export-csv``,
+Subcommands: ``run`` (the notebook chain), ``search``, ``diagnose``, ``explain``, ``eval``, ``export-csv``,
 ``sweep``. ``--run`` takes a run name under ``outputs/`` or a path to a run folder. User
 mistakes print one line to stderr and exit 2; ``--debug`` shows the traceback instead. ``diagnose`` on a query
 the check (retrieval.ood) finds unlike the run's radiographs prints one line and exits 3 unless ``--force``.
@@ -68,6 +68,26 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(report.model_dump_json(indent=2))
     else:
         print(render_text(report))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from medxpert_utils.core import io
+    from medxpert_utils.retrieval.explain import normalise
+    from medxpert_utils.retrieval.search import to_image
+    from medxpert_utils.viz.plots import heatmap_overlay
+
+    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--out {args.out} must end in .png or .jpg")
+    image = to_image(args.image)
+    heat = Assistant(args.run).explain(image, args.text, model=args.model, method=args.method)
+    picture = Image.fromarray(heatmap_overlay(image, normalise(heat)))
+    with io.atomic_path(args.out) as tmp:
+        picture.save(tmp, format="PNG" if args.out.suffix.lower() == ".png" else "JPEG")
+    y, x = divmod(int(heat.argmax()), heat.shape[1])
+    print(f"wrote {args.out} ({heat.shape[1]}x{heat.shape[0]}; map maximum at x={x}, y={y})")
     return 0
 
 
@@ -143,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it)")
     p.set_defaults(func=cmd_diagnose)
 
+    p = sub.add_parser("explain", help="heatmap of where a text matches an image, overlaid on the image (PNG)")
+    p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
+    p.add_argument("--image", type=Path, required=True, help="chest X-ray file (PNG, JPEG or DICOM)")
+    p.add_argument("--text", required=True, help="what to find, e.g. 'left pleural effusion'")
+    p.add_argument("--out", type=Path, required=True, help="output picture (.png or .jpg)")
+    p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
+    p.add_argument("--method", choices=["patch", "gradcam", "grad_x_input"],
+                   help="map method (default: the one the run's grounding evaluation chose)")
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("eval", help="recompute retrieval and classification metrics from a run's saved embeddings")
     p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")
     p.add_argument("--json", action="store_true", help="print the metrics JSON")
@@ -173,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "k", 1) is not None and getattr(args, "k", 1) <= 0:
         parser.error("-k must be a positive number of hits")
     if getattr(args, "text", None) is not None and not args.text.strip():
-        print("medxpert: error: empty query - pass a non-empty --text, e.g. --text 'signs of pneumonia'",
+        example = "'left pleural effusion'" if args.command == "explain" else "'signs of pneumonia'"
+        print(f"medxpert: error: empty query - pass a non-empty --text, e.g. --text {example}",
               file=sys.stderr)
         return 2
     try:

@@ -27,7 +27,13 @@ from PIL import Image
 
 from medxpert_utils.captions import Captioner
 from medxpert_utils.core import config, io
-from medxpert_utils.core.errors import ImageLoadError, MissingModelError, QueryRejectedError, UserError
+from medxpert_utils.core.errors import (
+    ImageLoadError,
+    MissingModelError,
+    QueryRejectedError,
+    RunNotReadyError,
+    UserError,
+)
 from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data import manifest
 from medxpert_utils.data.images import ImageFacts, image_facts
@@ -39,10 +45,12 @@ from medxpert_utils.report.offline import RetrievalReporter
 from medxpert_utils.report.render import render_html
 from medxpert_utils.report.schema import DiagnosisReport
 from medxpert_utils.report.scoring import REPORTS_FILE, score_reports
+from medxpert_utils.retrieval.explain import Explainer, selected_method
 from medxpert_utils.retrieval.ood import QueryCheck, QueryChecker
 from medxpert_utils.retrieval.search import Hit, SearchEngine, check_k, to_image
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from medxpert_utils.core.config import Config
@@ -107,6 +115,7 @@ class Assistant:
         self._captioner: Captioner | None = None
         self._checkers: dict[str, QueryChecker] = {}
         self.last_check: QueryCheck | None = None  # the query check of the last diagnose call
+        self._explainers: dict[str, Explainer] = {}
 
     # --- the pieces ------------------------------------------------------------------------------
     def engine(self, model: str = "fine_tuned") -> SearchEngine:
@@ -212,6 +221,38 @@ class Assistant:
             icd10.describe("J90")  # loads the ICD-10-CM tables (seconds), which only reports with findings need
             if self.captioner() is not None:
                 self.caption(Image.new("L", (64, 64)))
+
+    # --- where: heatmaps of a text over an image ----------------------------------------------------
+    def explainer(self, model: str = "fine_tuned") -> Explainer:
+        """The run's heatmap maker for ``model``, sharing the search engine's CLIP (loaded once)."""
+        with self.lock:
+            if model not in self._explainers:
+                try:
+                    engine = self.engine(model)
+                except RunNotReadyError:  # no search index yet (notebook 02): a heatmap needs only the model
+                    self._explainers[model] = Explainer.from_run(self.run_dir, model)
+                else:
+                    clip_model, processor = engine.clip_model()
+                    self._explainers[model] = Explainer(clip_model, processor, max_length=engine.max_length)
+            return self._explainers[model]
+
+    def explain(self, image: Any, text: str, model: str = "fine_tuned", method: str | None = None) -> "np.ndarray":
+        """Similarity map of ``text`` over ``image`` (the image's size, higher = more similar); ``method``
+        defaults to the one the run's grounding evaluation chose (``metrics/grounding.json``)."""
+        explainer = self.explainer(model)
+        with self.lock:
+            return explainer.explain(image, text, method or selected_method(self.run_dir))
+
+    def explain_findings(self, image: Any, report: DiagnosisReport, model: str = "fine_tuned",
+                         method: str | None = None) -> dict[str, "np.ndarray"]:
+        """One map per present or uncertain finding of ``report``, keyed by its phrase ("left pleural effusion")."""
+        phrases = list(dict.fromkeys(finding_phrase(f) for f in report.findings if f.status != "absent"))
+        if not phrases:
+            return {}
+        explainer = self.explainer(model)
+        with self.lock:
+            maps = explainer.maps([image] * len(phrases), phrases, method or selected_method(self.run_dir))
+        return dict(zip(phrases, maps))
 
     # --- one query, whole (CLI) -----------------------------------------------------------------
     def diagnose(self, image: Any = None, text: str | None = None, question: str | None = None,
@@ -332,3 +373,10 @@ def _is_positive(value: Any) -> bool:
         return int(value) == 1
     except (TypeError, ValueError):
         return False
+
+
+def finding_phrase(finding: Any) -> str:
+    """A report finding as a short phrase: its location and observation ("left pleural effusion")."""
+    name = str(finding.name).lower()
+    location = (finding.location or "").strip().lower()
+    return f"{location} {name}" if location and location not in name else name

@@ -188,6 +188,11 @@ class SearchEngine:
             self._transform = image_transform(self._processor)
             self._model = model
 
+    def clip_model(self) -> tuple[Any, Any]:
+        """The engine's CLIP model and processor (loaded and checked on first use), e.g. to share with a heatmap."""
+        self._load_model()
+        return self._model, self._processor
+
     # --- embedding queries -----------------------------------------------------------------------------------
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:

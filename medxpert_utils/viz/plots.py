@@ -470,3 +470,47 @@ def ood_scores(table, score: str, threshold: float, path: str | Path | None = No
     ax.set_title("Query check: test images vs out-of-distribution images (x: refused by a gate)")
     ax.legend(loc="upper left", fontsize=8)
     return save(fig, path)
+
+
+def heatmap_overlay(image, heatmap, alpha: float = 0.45, cmap: str = "jet", boxes=None):
+    """RGB uint8 picture of a grey ``image`` (H x W) with a [0, 1] ``heatmap`` of the same size blended on top
+    (weight ``alpha`` times the map's value, so cold areas stay readable); ``boxes`` (``[x0, y0, x1, y1]``
+    pixels) are outlined in white."""
+    import numpy as np
+
+    grey = np.asarray(image, dtype=np.float32)
+    if grey.ndim == 3:
+        grey = grey[..., :3].mean(axis=-1)
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0, 1)
+    if heat.shape != grey.shape:
+        raise ValueError(f"heatmap shape {heat.shape} differs from the image's {grey.shape}")
+    colours = matplotlib.colormaps[cmap](heat)[..., :3] * 255
+    weight = (alpha * heat)[..., None]
+    out = (1 - weight) * grey[..., None] + weight * colours
+    for x0, y0, x1, y1 in boxes or []:
+        x1, y1 = min(x1, grey.shape[1]) - 1, min(y1, grey.shape[0]) - 1
+        out[y0:y1 + 1, [x0, x1]] = 255
+        out[[y0, y1], x0:x1 + 1] = 255
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def heatmap_grid(images, heatmaps, boxes, titles, suptitle: str | None = None, path: str | Path | None = None,
+                 cols: int = 3):
+    """Images with their [0, 1] heatmaps blended on top, the finding's boxes (white) and each map's maximum
+    (cyan x); one panel per image."""
+    import numpy as np
+
+    n = max(len(images), 1)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, heat, box, title in zip(axes.ravel(), images, heatmaps, boxes, titles):
+        ax.imshow(heatmap_overlay(image, heat, boxes=box))
+        y, x = np.unravel_index(int(np.argmax(heat)), np.shape(heat))
+        ax.plot([x], [y], marker="x", color="cyan", markersize=9, mew=2)
+        ax.set_title(title, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

@@ -101,6 +101,17 @@ class FakeAssistant:
         self.calls.append(("caption", image.size))
         return "right pleural effusion"
 
+    def explain(self, image, text, model="fine_tuned", method=None):
+        self.calls.append(("explain", text))
+        w, h = image.size
+        return np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))  # hottest at the image's right edge
+
+    def explain_findings(self, image, report, model="fine_tuned", method=None):
+        self.calls.append(("explain_findings", len(report.findings)))
+        w, h = image.size
+        return {f"{f.location} {f.name.lower()}": np.tile(np.linspace(1, 0, w, dtype=np.float32), (h, 1))
+                for f in report.findings if f.status != "absent"}
+
     def write_report(self, hits, *, image=None, text=None, question=None, caption=None, k=None, generator="auto",
                      cache=True):
         assert not cache  # the page never keeps the user's question in the run folder
@@ -243,10 +254,10 @@ def test_upload_corrupt_then_good(isolated_dirs):
     assert "right pleural effusion" in board.caption.value
     assert board.gallery.value.count('class="mx-card"') == 4
     assert "Question:" in board.report_view.value and "is there an effusion?" in board.report_view.value
-    search, caption, report = board.assistant.calls[-3:]
+    search, caption, report = board.assistant.calls[-5:-2]
     assert search[3] is True and search[4] is None  # searched by image; the text became the question
     assert report == ("report", "offline", "is there an effusion?", "right pleural effusion")
-    assert set(board.timings) == {"check", "search", "caption", "report", "total"}
+    assert set(board.timings) == {"check", "search", "caption", "report", "heatmaps", "total"}
 
     board.clear_button.click()
     assert board.image is None and board.gallery.value == "" and board.image_section.layout.display == "none"
@@ -495,3 +506,35 @@ def test_free_port_skips_a_busy_port():
         busy.listen()
         port = busy.getsockname()[1]
         assert server.free_port(port) != port
+
+
+def test_upload_shows_a_heatmap_per_query_and_finding(isolated_dirs):
+    """With an image: one toggle for the typed question and one per finding; each blends its map on the image."""
+    board = _board(_fabricate_run(isolated_dirs))
+    board.query.value = "is there an effusion?"
+    board.upload.value = _upload_value(_png(3, 64))
+    assert board.heat_choice.layout.display == ""
+    assert list(board.heat_choice.options) == ["off", "query: is there an effusion?", "right pleural effusion"]
+    assert ("explain", "is there an effusion?") in board.assistant.calls
+    plain = np.asarray(board.image.convert("RGB")).astype(int)
+
+    def shown() -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(bytes(board.query_image.value))).convert("RGB")).astype(int)
+
+    def warmth(picture: np.ndarray, columns: slice) -> float:  # red minus blue: 0 on a grey image
+        return float((picture[:, columns, 0] - picture[:, columns, 2]).mean())
+
+    query_map = shown()  # the fake query map is hottest at the right edge: red there, none at the left
+    assert warmth(query_map, slice(-4, None)) > 20 and abs(warmth(query_map, slice(0, 4))) < 5
+    assert "is there an effusion?" in _text(board.heat_note) and "Research only" in _text(board.heat_note)
+    board.heat_choice.value = "right pleural effusion"
+    finding_map = shown()
+    assert warmth(finding_map, slice(0, 4)) > 20 and "right pleural effusion" in _text(board.heat_note)
+    board.heat_choice.value = "off"
+    assert np.abs(shown() - plain).max() <= 1 and board.heat_note.value == ""
+
+    board.clear_button.click()
+    assert board.heatmaps == {} and board.heat_choice.layout.display == "none"
+    board.query.value = "pleural effusion"  # a text query has no query image: no heatmap
+    board.search_button.click()
+    assert board.heat_choice.layout.display == "none" and not any(c[0] == "explain" for c in board.assistant.calls[-3:])

@@ -365,3 +365,82 @@ def test_data_figures_are_drawn_and_saved(tmp_path):
     plots.sample_grid(frame, n=9, seed=0, path=tmp_path / "sample_grid.png")
     for name in ("label_prevalence", "report_lengths", "sample_grid"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------- finding regions
+
+REGION_CASES = [
+    Finding("effusion", side="left", severity="moderate"), Finding("effusion", side="right", severity="small"),
+    Finding("pneumothorax", side="right", severity="large"), Finding("pneumothorax", side="left", severity="small"),
+    Finding("consolidation", side="right", zone="lower", variant=3),
+    Finding("opacity", side="left", zone="upper", variant=4),
+    Finding("lesion", side="right", zone="upper", detail="mass", size_cm=5.0, variant=5),
+    Finding("lesion", side="left", zone="lower", detail="nodule", size_cm=2.0, variant=6),
+    Finding("fracture", side="left", detail="6"), Finding("fracture", side="right", detail="5"),
+    Finding("atelectasis", side="left", variant=7), Finding("pleural_thickening", side="right", variant=8),
+    Finding("cardiomegaly", severity="severe"), Finding("widened_mediastinum"),
+    *(Finding("device", side="left", detail=d) for d in phantom.DEVICES),
+]
+
+
+def _image_side(box: list[int], size: int) -> str:
+    return "right" if (box[0] + box[2]) / 2 > size / 2 else "left"
+
+
+@pytest.mark.parametrize("finding", REGION_CASES, ids=lambda f: f"{f.kind}-{f.detail or f.side or f.severity}")
+def test_region_box_holds_what_the_finding_changed(finding):
+    """Rendered with and without the finding (rotated, shifted patient): the most changed pixels lie in its box."""
+    anatomy = Anatomy(vessel_seed=11)
+    nuisance = Nuisance(rotation_deg=3.0, shift_x=0.03, shift_y=-0.02, scale=1.02)
+    size = 96
+    change = np.abs(render([finding], anatomy, nuisance, size).astype(float) - render([], anatomy, nuisance, size))
+    records = phantom.finding_regions([finding], anatomy, nuisance, size)
+    assert records and all(r["box"] is not None and r["area"] > 0 for r in records)
+    inside = np.zeros(change.shape, dtype=bool)
+    for r in records:
+        x0, y0, x1, y1 = r["box"]
+        assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+        inside[y0:y1, x0:x1] = True
+        if r["side"] in ("left", "right") and finding.kind != "device":  # PA: the patient's left is the image right
+            assert _image_side(r["box"], size) == ("right" if r["side"] == "left" else "left")
+    strong = change >= 0.5 * change.max()
+    assert strong.any() and inside[strong].mean() > 0.9
+    assert inside.mean() < 0.6  # a region, not the whole image
+
+
+def test_bilateral_findings_have_one_region_per_side():
+    records = phantom.finding_regions([Finding("effusion", side="bilateral", severity="moderate"),
+                                       Finding("edema", severity="moderate")], Anatomy(), Nuisance(), 64)
+    assert [(r["finding"], r["side"]) for r in records] == [(0, "right"), (0, "left"), (1, "right"), (1, "left")]
+    assert _image_side(records[0]["box"], 64) == "left" and _image_side(records[1]["box"], 64) == "right"
+
+
+def test_finding_regions_leave_the_drawing_unchanged():
+    """Locating findings reads the same seeds as drawing them and draws nothing: pixels are the same after it."""
+    study = next(s for s in synthetic.plan_cohort(40, seed=2) if len(s.findings) >= 2)
+    before = synthetic.render_study(study, 0, 64)
+    synthetic.study_regions(study, 0, 64)
+    assert np.array_equal(before, synthetic.render_study(study, 0, 64))
+
+
+def test_generate_writes_regions_and_reuses_them(tmp_path, monkeypatch):
+    frame = synthetic.generate(40, 64, 0, tmp_path, progress=False, workers=1)
+    regions_frame = synthetic.read_regions(tmp_path)
+    assert set(regions_frame["observation"]) <= set(CHEXPERT_LABELS)
+    assert set(regions_frame["study_id"]) <= set(frame["study_id"])
+    for _, row in regions_frame.iterrows():  # every located finding is positive or uncertain in its report's truth
+        truth = frame.loc[frame["study_id"] == row["study_id"], f"truth_{row['observation']}"].iloc[0]
+        report = " ".join(frame.loc[frame["study_id"] == row["study_id"], ["findings", "impression"]].iloc[0]).lower()
+        assert truth in (1, -1) or row["kind"] in ("device", "pneumonia"), row.to_dict()
+        side_word = row["phrase"].split()[0]
+        if side_word in ("left", "right"):
+            assert side_word in report
+    drawn = ["truth_Pleural Effusion", "truth_Pneumothorax", "truth_Lung Lesion", "truth_Fracture"]
+    with_findings = frame.loc[(frame[drawn] == 1).any(axis=1).to_numpy(dtype=bool)]
+    assert len(with_findings)
+    assert set(with_findings["study_id"]) <= set(regions_frame["study_id"])
+    assert "regions.jsonl" in (tmp_path / "dataset_card.md").read_text()
+    before = (tmp_path / "regions.jsonl").read_bytes()
+    monkeypatch.setattr(synthetic, "study_regions", lambda *a: pytest.fail("regions recomputed"))
+    synthetic.generate(40, 64, 0, tmp_path, progress=False, workers=1)
+    assert (tmp_path / "regions.jsonl").read_bytes() == before

@@ -209,6 +209,20 @@ def test_dashboard_in_chromium(voila_url, browser, served_run, tmp_path):
         page.screenshot(path=str(tmp_path / "image_query.png"), full_page=True)
         _save_docs_screenshot(page)
 
+        # where: the typed question's heatmap is blended on the query image; the toggles switch it off and on
+        page.locator("textarea").fill("left pleural effusion")
+        _timed("image + text -> heatmaps", lambda: _search_with_heatmap(page, k), latencies)
+        assert "left pleural effusion" in page.locator(".mx-heat").inner_text()
+        _wait_colour(page, coloured=True)  # the grey film now carries the heatmap's colours
+        page.screenshot(path=str(tmp_path / "heatmap.png"), full_page=True)
+        page.get_by_role("button", name="off", exact=True).click()
+        page.locator(".mx-heat").wait_for(state="detached", timeout=HANG_S * 1000)
+        _wait_colour(page, coloured=False)
+        page.get_by_role("button", name="query: left pleural effusion").click()
+        page.locator(".mx-heat").wait_for(state="visible", timeout=HANG_S * 1000)
+        _wait_colour(page, coloured=True)
+        page.locator("textarea").fill("")
+
         # a corrupt upload: a one-line message, no traceback; the next good upload works
         _upload(page, "broken.png", b"\x89PNG\r\n\x1a\nnot really a png")
         error = page.locator(".mx-message")
@@ -251,6 +265,33 @@ def test_missing_run_in_url_is_a_message(voila_url, browser):
         assert "Traceback" not in page.content()
     finally:
         page.close()
+
+
+_COLOUR_JS = """() => {
+    const img = document.querySelector('img.widget-image');
+    if (!img || !img.complete || !img.naturalWidth) return -1;
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    let sum = 0;
+    for (let i = 0; i < d.length; i += 4) sum += Math.abs(d[i] - d[i + 2]) + Math.abs(d[i + 1] - d[i + 2]);
+    return sum / (d.length / 4);
+}"""
+
+
+def _wait_colour(page, coloured: bool) -> None:
+    """Wait until the query image shows a heatmap (mean colourfulness > 5) or is plain grey (< 1)."""
+    test = "v > 5" if coloured else "v >= 0 && v < 1"
+    page.wait_for_function(f"() => {{ const v = ({_COLOUR_JS})(); return {test}; }}", timeout=HANG_S * 1000)
+
+
+def _search_with_heatmap(page, k: int) -> None:
+    page.evaluate("document.querySelectorAll('.mx-card, .mx-heat, .mx-message').forEach(e => e.remove())")
+    page.get_by_role("button", name="Search").click()
+    _wait_cards(page, k)
+    page.locator(".mx-heat").wait_for(state="visible", timeout=HANG_S * 1000)
 
 
 def _print_status(page) -> None:

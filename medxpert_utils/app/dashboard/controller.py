@@ -102,6 +102,12 @@ class Dashboard:
         self.search_button = action_button("Search", "primary", "search")
         self.progress, self.status, self.error = status_line()
         self.query_image = image_view()
+        # Heatmaps over the query image: the typed question and each finding of the report (one toggle each).
+        self.heat_choice = widgets.ToggleButtons(options=[HEAT_OFF], value=HEAT_OFF, description="Show where",
+                                                 style={"button_width": "auto", "description_width": "80px"})
+        self.heat_choice.layout.display = "none"
+        self.heat_note = widgets.HTML()
+        self.heatmaps: dict[str, Any] = {}
         self.caption = widgets.HTML()
         self.gallery = widgets.HTML()
         self.report_view = widgets.HTML()
@@ -110,7 +116,7 @@ class Dashboard:
         self.show_hits_button.layout.display = "none"
         self.downloads = widgets.HTML()
         self.log = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
-        self.image_section = section("Query image", self.query_image, self.caption)
+        self.image_section = section("Query image", self.query_image, self.heat_choice, self.heat_note, self.caption)
         self.report_section = section("Diagnosis report (research only)", self.check_view, self.show_hits_button,
                                       self.report_view, self.downloads)
         self.gallery_section = section("Similar cases", self.gallery)
@@ -121,6 +127,7 @@ class Dashboard:
         self.clear_button.on_click(self._on_clear)
         self.show_hits_button.on_click(self._on_show_hits)
         self.query.observe(lambda change: self._set_error(""), names="value")
+        self.heat_choice.observe(lambda change: self.show_heatmap(change["new"]), names="value")
 
         details = widgets.Accordion(children=[self.log], titles=("Log",), selected_index=None)
         self.app = widgets.VBox([
@@ -253,7 +260,7 @@ class Dashboard:
         image, model, k = self.image, self.model.value, int(self.k.value)
         generator = "gemini" if (self.gemini.value and not self.gemini.disabled) else "offline"
         steps = ["Checking the query", "Searching", *(["Captioning"] if image is not None else []),
-                 "Writing the report"]
+                 "Writing the report", *(["Locating findings"] if image is not None else [])]
         self.timings, done = {}, ""
         self._busy(True, len(steps))
         try:
@@ -294,6 +301,11 @@ class Dashboard:
             self.report_view.value = report_html(self.report, hits)
             self.downloads.value = self._download_links(hits, self.report)
             self.report_section.layout.display = ""
+            if image is not None:
+                t3 = time.perf_counter()
+                self._step("Locating findings")
+                self.locate(image, text, self.report, model)
+                self.timings["heatmaps"] = time.perf_counter() - t3
             self.timings["total"] = time.perf_counter() - t0
             what = "the image" if image is not None else f"'{text[:60]}'"
             parts = ", ".join(f"{step} {secs:.2f} s" for step, secs in self.timings.items() if step != "total")
@@ -302,6 +314,46 @@ class Dashboard:
         finally:
             self._busy(False)
             self.status.value = done  # empty when a step failed: its message is on the error line
+
+    def locate(self, image: Image.Image, text: str, report: Any, model: str) -> None:
+        """Heatmaps over the query image for the typed text and each finding of the report (one toggle each);
+        shows the typed text's."""
+        maps: dict[str, Any] = {}
+        try:
+            if text:
+                maps[f"{HEAT_QUERY}{text[:40]}"] = self.assistant.explain(image, text, model=model)
+            if report is not None:
+                maps.update(self.assistant.explain_findings(image, report, model=model))
+        except UserError as exc:
+            self.heat_note.value = f'<p class="mx-note">No heatmap: {esc(exc)}</p>'
+            return
+        self.heatmaps = maps
+        if not maps:
+            self.heat_note.value = '<p class="mx-note">No heatmap: no query text and no finding in the report.</p>'
+            return
+        # the typed question's map is shown at once; finding maps wait for their toggle
+        first = next((name for name in maps if name.startswith(HEAT_QUERY)), HEAT_OFF)
+        self.heat_choice.options = [HEAT_OFF, *maps]
+        self.heat_choice.layout.display = ""
+        self.heat_choice.value = first
+        self.show_heatmap(first)
+
+    def show_heatmap(self, choice: str) -> None:
+        """Show the query image with the chosen heatmap blended on top (or plain, for 'off')."""
+        from medxpert_utils.retrieval.explain import normalise
+        from medxpert_utils.viz.plots import heatmap_overlay
+
+        if self.image is None:
+            return
+        heat = self.heatmaps.get(choice)
+        if heat is None:
+            self.query_image.value = png_bytes(self.image)
+            self.heat_note.value = ""
+            return
+        self.query_image.value = png_bytes(Image.fromarray(heatmap_overlay(self.image, normalise(heat))))
+        self.heat_note.value = (f'<p class="mx-note mx-heat">Heatmap: where the model matches '
+                                f'<b>{esc(choice.removeprefix(HEAT_QUERY))}</b> (red: most similar). '
+                                'Research only, not a finding.</p>')
 
     def _make_report(self, hits: list, image: Image.Image | None, text: str, k: int, generator: str, model: str,
                      caption: str | None) -> Any:
@@ -359,14 +411,22 @@ class Dashboard:
 
     def _clear_results(self, keep_image: bool) -> None:
         self.hits, self.report, self.check = [], None, None
-        for view in (self.caption, self.gallery, self.report_view, self.downloads, self.check_view):
+        for view in (self.caption, self.gallery, self.report_view, self.downloads, self.check_view,
+                     self.heat_note):
             view.value = ""
         self.show_hits_button.layout.display = "none"
+        self.heatmaps = {}
+        self.heat_choice.options = [HEAT_OFF]
+        self.heat_choice.layout.display = "none"
+        if keep_image and self.image is not None:
+            self.query_image.value = png_bytes(self.image)
         self.report_section.layout.display = self.gallery_section.layout.display = "none"
         if not keep_image:
             self.image_section.layout.display = "none"
 
 
+HEAT_OFF = "off"
+HEAT_QUERY = "query: "
 _READY = '<span class="mx-note mx-ready">Ready: upload an X-ray or type a query.</span>'
 
 

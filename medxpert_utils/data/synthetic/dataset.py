@@ -36,9 +36,9 @@ from medxpert_utils.core.progress import tqdm
 
 from medxpert_utils.core import io
 from medxpert_utils.data.labels import CHEXPERT_LABELS
-from medxpert_utils.data.synthetic.phantom import Anatomy, Finding, Nuisance, render
+from medxpert_utils.data.synthetic.phantom import Anatomy, Finding, Nuisance, finding_regions, render
 from medxpert_utils.data.synthetic import phantom, reports as phantom_reports
-from medxpert_utils.data.synthetic.reports import compose_report
+from medxpert_utils.data.synthetic.reports import compose_report, observation, phrase
 
 
 def _code_fingerprint() -> str:
@@ -53,6 +53,7 @@ def _code_fingerprint() -> str:
 # a fingerprint of the code, so the same seed with changed pictures or reports never reuses old files.
 GENERATOR_VERSION = f"1.{_code_fingerprint()}"
 PNG_KEY = "medxpert-content-key"
+REGIONS_FILE = "regions.jsonl"  # beside dataset_card.md: where each image shows each finding (see study_regions)
 P_NORMAL = 0.5  # of studies of patients without a chronic finding
 P_NO_IMPRESSION = 0.08
 # Share of the abnormal studies (of patients without a chronic finding) that tell each clinical story.
@@ -276,13 +277,58 @@ def _cached_key(path: Path) -> str | None:
         return None
 
 
-def _render_and_write(tasks: list[tuple[str, str, Study, int, int]]) -> int:
-    for path, key, study, index, size in tasks:
-        info = PngImagePlugin.PngInfo()
-        info.add_text(PNG_KEY, key)
-        with io.atomic_path(path, suffix=".png") as tmp:
-            Image.fromarray(render_study(study, index, size)).save(tmp, format="PNG", pnginfo=info)  # uint8 2-D: "L"
-    return len(tasks)
+def study_regions(study: Study, image_index: int, image_size: int) -> list[dict[str, Any]]:
+    """Where one image of ``study`` shows each of its findings: the records of :data:`REGIONS_FILE`.
+
+    One record per finding and side (:func:`phantom.finding_regions`): ``study_id``, ``image`` (the
+    file name), ``finding``, ``kind``, ``detail``, ``certainty``, ``observation`` (a CheXpert label),
+    ``phrase`` (the finding as the reports word it), ``side`` (patient side), ``box`` (``[x0, y0, x1,
+    y1]`` pixels of the saved image, x1/y1 exclusive, origin top left; None when not visible), ``area``
+    (pixels) and ``image_size``.
+    """
+    found = finding_regions(study.findings, study.anatomy, study.nuisances[image_index], image_size)
+    out = []
+    for record in found:
+        f = study.findings[record["finding"]]
+        out.append({"study_id": study.study_id, "image": f"{study.study_id}_{image_index + 1}.png",
+                    "finding": record["finding"], "kind": f.kind, "detail": f.detail, "certainty": f.certainty,
+                    "observation": observation(f), "phrase": phrase(f), "side": record["side"],
+                    "box": record["box"], "area": record["area"], "image_size": image_size})
+    return out
+
+
+def _render_and_write(tasks: list[tuple[str, str, Study, int, int, bool]]) -> list[tuple[str, list[dict]]]:
+    """Draw the images flagged to draw; return every task's (content key, region records)."""
+    located = []
+    for path, key, study, index, size, draw in tasks:
+        if draw:
+            info = PngImagePlugin.PngInfo()
+            info.add_text(PNG_KEY, key)
+            with io.atomic_path(path, suffix=".png") as tmp:
+                Image.fromarray(render_study(study, index, size)).save(tmp, format="PNG", pnginfo=info)  # "L"
+        located.append((key, study_regions(study, index, size)))
+    return located
+
+
+def read_regions(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """The region records of a generated dataset folder (:data:`REGIONS_FILE`), one row per finding and side."""
+    path = Path(out_dir) / REGIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found - regenerate the demo dataset (notebook 00)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    columns = ["study_id", "image", "finding", "kind", "detail", "certainty", "observation", "phrase", "side", "box",
+               "area", "image_size", "key"]
+    return pd.DataFrame(rows, columns=columns).drop(columns="key")
+
+
+def _saved_regions(path: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out.setdefault(record["key"], []).append(record)
+    return out
 
 
 def _worker_count(n_tasks: int, workers: int | None) -> int:
@@ -305,29 +351,40 @@ def generate(n_studies: int, image_size: int, seed: int, out_dir: Path, images_p
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     out_dir = Path(out_dir).expanduser().resolve()
     studies = plan_cohort(n_studies, seed, images_per_study_max)
-    rows, todo = [], []
+    rows, todo, order = [], [], []
+    saved = _saved_regions(out_dir / REGIONS_FILE)
     for study in studies:
         for k in range(len(study.nuisances)):
             path = out_dir / "images" / study.patient_id / f"{study.study_id}_{k + 1}.png"
             key = content_key(study, k, image_size)
-            if not path.is_file() or _cached_key(path) != key:
-                todo.append((str(path), key, study, k, image_size))
+            draw = not path.is_file() or _cached_key(path) != key
+            if draw or (study.findings and key not in saved):
+                todo.append((str(path), key, study, k, image_size, draw))
+            order.append(key)
             rows.append({"study_id": study.study_id, "patient_id": study.patient_id, "image_path": str(path),
                          "view": "PA", "findings": study.findings_text, "impression": study.impression_text,
                          **{f"truth_{label}": study.truth[label] for label in CHEXPERT_LABELS}})
+    n_draw = sum(task[-1] for task in todo)
     n_workers = _worker_count(len(todo), workers)
-    with tqdm(total=len(todo), desc="drawing phantoms", unit="img", disable=not progress or not todo) as bar:
+    with tqdm(total=len(todo), desc="drawing phantoms", unit="img", disable=not progress or not n_draw) as bar:
         chunks = [todo[i:i + 32] for i in range(0, len(todo), 32)]
         if n_workers <= 1:
             for chunk in chunks:
-                bar.update(_render_and_write(chunk))
+                located = _render_and_write(chunk)
+                saved.update((key, [dict(r, key=key) for r in records]) for key, records in located)
+                bar.update(len(located))
         else:
             # fork where there is one: the workers only run NumPy/Pillow, and spawn would re-import the
             # caller's __main__ (impossible for a script piped on stdin)
             method = "fork" if "fork" in get_all_start_methods() else "spawn"
             with ProcessPoolExecutor(n_workers, mp_context=get_context(method)) as pool:
                 for done in as_completed([pool.submit(_render_and_write, chunk) for chunk in chunks]):
-                    bar.update(done.result())
+                    located = done.result()
+                    saved.update((key, [dict(r, key=key) for r in records]) for key, records in located)
+                    bar.update(len(located))
+    if todo or not (out_dir / REGIONS_FILE).is_file():
+        lines = [json.dumps(record, sort_keys=True) for key in dict.fromkeys(order) for record in saved.get(key, [])]
+        io.write_text(out_dir / REGIONS_FILE, "".join(line + "\n" for line in lines))
 
     frame = pd.DataFrame(rows)
     for col in truth_columns():
@@ -404,6 +461,14 @@ def dataset_card(frame: pd.DataFrame, n_studies: int, image_size: int, seed: int
   impression (their report is the findings).
 - `truth_<Label>` columns: what the report text (impression, else findings) states by construction
   (1 positive, 0 negative, -1 uncertain, empty unmentioned), to check the rule labeler against.
+- `{REGIONS_FILE}`: where each image shows each of its findings, one JSON line per finding and side:
+  `study_id`, `image` (file name), `observation` (the CheXpert label), `phrase` (the finding as the
+  reports word it, e.g. "left pleural effusion"), `side` (the patient's side), `box` (`[x0, y0, x1, y1]`
+  in pixels of the {image_size} px image, origin top left, x1/y1 exclusive), `area` (pixels), `kind`,
+  `detail`, `certainty`, `finding` (index of the finding in the study) and `key` (the image's content
+  key). A box bounds the pixels where the finding's own drawing layer reaches
+  {phantom.REGION_THRESHOLD:.0%} of its maximum (the heart for cardiomegaly, the displaced rib for a
+  fracture). Normal images have no lines.
 
 ## Truth counts per study
 

@@ -687,3 +687,82 @@ def regions(anatomy: Anatomy | None = None, size: int = 128, findings: Sequence[
         out[f"lower_{name}"] = (t.lung[s] > 0.5) & (t.zone(s, "lower") > 0.5)
         out[f"upper_{name}"] = (t.lung[s] > 0.5) & (t.zone(s, "upper") > 0.5)
     return out
+
+
+REGION_THRESHOLD = 0.25  # a pixel belongs to a finding where its layer reaches this share of the layer's maximum
+_DEVICE_SIDE = {"pacemaker": "left", "picc": "left", "central_line": "right"}
+
+
+def _box(mask: np.ndarray) -> list[int] | None:
+    """``[x0, y0, x1, y1]`` pixel box (x1, y1 exclusive) around a boolean mask, or None when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def _layer_mask(layer: np.ndarray) -> np.ndarray:
+    peak = float(np.abs(layer).max()) if layer.size else 0.0
+    return np.abs(layer) >= REGION_THRESHOLD * peak if peak > 0 else np.zeros(layer.shape, dtype=bool)
+
+
+def _finding_layers(t: _Thorax, f: Finding, anatomy: Anatomy, nuisance: Nuisance, size: int,
+                    findings: Sequence[Finding]) -> list[tuple[str | None, np.ndarray]]:
+    """(patient side, mask) of every part of one finding, drawn exactly as :func:`render` draws it."""
+    rng = np.random.default_rng([anatomy.vessel_seed, f.variant, FINDING_KINDS.index(f.kind)])
+    side_name = {1: "left", -1: "right"}
+    if f.kind == "cardiomegaly":
+        return [(None, t.heart > 0.5)]
+    if f.kind == "widened_mediastinum":  # the lung the wider mediastinum takes away
+        plain = _build_thorax(anatomy, nuisance, size, [g for g in findings if g.kind != f.kind])
+        return [(side_name[s], (plain.lung[s] - t.lung[s]) > 0.5) for s in (-1, 1)]
+    if f.kind == "fracture":
+        moved = np.abs(_ribs(t, f) - _ribs(t, None))
+        return [(side_name[s], _layer_mask(moved) & ((s * t.x) > 0)) for s in sides_of(f.side)]
+    if f.kind == "effusion":
+        return [(side_name[s], _layer_mask(_effusion(t, f, s))) for s in sides_of(f.side)]
+    if f.kind == "pneumothorax":
+        out = []
+        for s in sides_of(f.side):
+            change, rim = _pneumothorax(t, f, s)
+            out.append((side_name[s], _layer_mask(change) | (rim > 0.5)))
+        return out
+    if f.kind in ("consolidation", "pneumonia", "opacity"):
+        return [(side_name[s], _layer_mask(_airspace(t, f, s, rng))) for s in sides_of(f.side)]
+    if f.kind == "atelectasis":
+        return [(side_name[s], _layer_mask(_atelectasis(t, f, s, rng))) for s in sides_of(f.side)]
+    if f.kind == "edema":
+        mask = _layer_mask(_edema(t, f))
+        return [(side_name[s], mask & ((s * t.x) > 0)) for s in (-1, 1)]
+    if f.kind == "lesion":
+        mask = _layer_mask(_lesion(t, f, rng))
+        if f.detail != "multiple":
+            return [(f.side, mask)]
+        return [(side_name[s], mask & ((s * t.x) > 0)) for s in (-1, 1)]
+    if f.kind == "pleural_thickening":
+        return [(side_name[s], _layer_mask(_pleural_thickening(t, f, s, rng))) for s in sides_of(f.side)]
+    if f.kind == "device":
+        side = f.side if f.detail == "chest_tube" else _DEVICE_SIDE.get(f.detail or "")
+        return [(side, _layer_mask(_device(t, f)))]
+    raise ValueError(f"unknown finding kind {f.kind!r}: use one of {FINDING_KINDS}")
+
+
+def finding_regions(findings: Sequence[Finding] = (), anatomy: Anatomy | None = None,
+                    nuisance: Nuisance | None = None, size: int = 128) -> list[dict]:
+    """Where :func:`render` draws each finding of one image: one record per finding and side.
+
+    Each record: ``finding`` (index into ``findings``), ``kind``, ``side`` (patient side of that
+    part, None for midline findings), ``box`` (``[x0, y0, x1, y1]`` in pixels of the ``size``
+    image, x1/y1 exclusive; None when the part is not visible) and ``area`` (pixels of its mask).
+    A part is the pixels where the finding's own layer reaches :data:`REGION_THRESHOLD` of its
+    maximum; cardiomegaly is the heart, a widened mediastinum the lung it displaces, a fracture
+    the rib pixels that moved. Reads the same seeds as :func:`render` and draws nothing.
+    """
+    anatomy = anatomy or Anatomy()
+    nuisance = nuisance or Nuisance()
+    t = _build_thorax(anatomy, nuisance, size, findings)
+    out = []
+    for i, f in enumerate(findings):
+        for side, mask in _finding_layers(t, f, anatomy, nuisance, size, findings):
+            out.append({"finding": i, "kind": f.kind, "side": side, "box": _box(mask), "area": int(mask.sum())})
+    return out

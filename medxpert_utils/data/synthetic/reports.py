@@ -347,3 +347,41 @@ def compose_report(findings: Sequence[Finding], rng: np.random.Generator,
     else:
         impression_text = " ".join(text for text, _ in impression)
     return findings_text, impression_text, _merge([tags for _, tags in impression])
+
+
+_DEVICE_PHRASE = {"et_tube": "endotracheal tube", "ng_tube": "nasogastric tube",
+                  "central_line": "right internal jugular central line", "picc": "left PICC line",
+                  "pacemaker": "left-sided pacemaker"}
+_KIND_OBSERVATION = {"cardiomegaly": "Cardiomegaly", "widened_mediastinum": "Enlarged Cardiomediastinum",
+                     "effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax", "consolidation": "Consolidation",
+                     "pneumonia": "Pneumonia", "opacity": "Lung Opacity", "atelectasis": "Atelectasis",
+                     "edema": "Edema", "lesion": "Lung Lesion", "fracture": "Fracture", "device": "Support Devices",
+                     "pleural_thickening": "Pleural Other"}
+
+
+def observation(f: Finding) -> str:
+    """The CheXpert observation (a name of ``CHEXPERT_LABELS``) a finding's report sentence states."""
+    return _KIND_OBSERVATION[f.kind]
+
+
+def phrase(f: Finding) -> str:
+    """A short phrase naming one finding as the reports word it ("left pleural effusion", "right upper lobe
+    consolidation"): the text a grounding evaluation asks the model to find. Uses no randomness."""
+    side, lobe = f.side or "", _LOBE.get((f.side or "", f.zone or ""), "")
+    simple = {"cardiomegaly": "cardiomegaly", "widened_mediastinum": "widened mediastinum",
+              "edema": "pulmonary edema", "pneumothorax": f"{side} pneumothorax",
+              "consolidation": f"{lobe} consolidation", "pneumonia": f"{lobe} pneumonia",
+              "opacity": f"{lobe} opacity", "pleural_thickening": f"{side} pleural thickening"}
+    if f.kind in simple:
+        return simple[f.kind]
+    if f.kind == "effusion":
+        return "bilateral pleural effusions" if side == "bilateral" else f"{side} pleural effusion"
+    if f.kind == "atelectasis":
+        return "bibasilar atelectasis" if side == "bilateral" else f"{side} basilar atelectasis"
+    if f.kind == "lesion":
+        return "multiple pulmonary nodules" if f.detail == "multiple" else f"{lobe} {f.detail or 'nodule'}"
+    if f.kind == "fracture":
+        return f"{side} {_ordinal(int(f.detail or 6))} rib fracture"
+    if f.kind == "device":
+        return f"{f.side or 'right'} chest tube" if f.detail == "chest_tube" else _DEVICE_PHRASE[f.detail or ""]
+    raise ValueError(f"no phrase for finding kind {f.kind!r}")
