@@ -39,6 +39,7 @@ from medxpert_utils.report.render import render_html
 from medxpert_utils.report.schema import DiagnosisReport
 from medxpert_utils.report.scoring import REPORTS_FILE, score_reports
 from medxpert_utils.retrieval.search import Hit, SearchEngine, check_k, to_image
+from medxpert_utils.speech import Transcriber, Transcript
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,6 +104,7 @@ class Assistant:
         self.lock = threading.RLock()  # one model call at a time: a query waits for a warm-up still loading
         self._engines: dict[str, SearchEngine] = {}
         self._captioner: Captioner | None = None
+        self._transcriber: Transcriber | None = None
 
     # --- the pieces ------------------------------------------------------------------------------
     def engine(self, model: str = "fine_tuned") -> SearchEngine:
@@ -128,6 +130,12 @@ class Assistant:
         if resolve_generator(self.cfg, generator) != "gemini":
             return offline
         return GeminiReporter(self.cfg.llm, fallback=offline, cache_dir=self.cfg.paths.llm_cache if cache else None)
+
+    def transcribe(self, audio: Any, name: str | None = None) -> Transcript:
+        """A spoken query as text with the run's recogniser (``asr.backend``; loaded once, outside the model lock)."""
+        if self._transcriber is None:
+            self._transcriber = Transcriber(self.cfg)
+        return self._transcriber.transcribe(audio, name=name)
 
     # --- one query, step by step (the dashboard shows each step) -----------------------------------
     def search(self, *, image: Any = None, text: str | None = None, k: int = 5,

@@ -250,6 +250,16 @@ class DashboardParams(_Section):
     save_uploads: bool = Field(False, description="Write uploads to the run folder (off: kept in memory only).")
 
 
+class AsrParams(_Section):
+    backend: Literal["pocketsphinx", "whisper"] = Field(
+        "pocketsphinx", description="Speech recogniser for spoken queries: pocketsphinx (offline, the run's language "
+                                    "model) or whisper (asr.model through transformers).")
+    model: str = Field("openai/whisper-small.en",
+                       description="Whisper hub id or save_pretrained folder (backend whisper).")
+    max_seconds: float = Field(30.0, gt=0, description="Longest accepted spoken query in seconds.")
+    max_mb: float = Field(10.0, gt=0, description="Largest accepted audio file in megabytes.")
+
+
 class Params(_Section):
     """Everything a run needs, as one validated tree (the YAML's top-level keys)."""
 
@@ -269,6 +279,7 @@ class Params(_Section):
     llm: LLMParams = Field(default_factory=LLMParams,
                            description="Gemini client settings (the key comes from the environment).")
     dashboard: DashboardParams = Field(default_factory=DashboardParams, description="Voila dashboard.")
+    asr: AsrParams = Field(default_factory=AsrParams, description="Speech recognition of spoken queries.")
 
 
 class Config:

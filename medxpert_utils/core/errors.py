@@ -15,3 +15,7 @@ class MissingModelError(UserError, OSError):
 
 class RunNotReadyError(UserError, FileNotFoundError):
     """A run lacks what a later stage needs; the message names the notebook to run first."""
+
+
+class AudioError(UserError, ValueError):
+    """A spoken query cannot be used (empty, silent, corrupt, too long or too large); the message names the fix."""
