@@ -147,7 +147,8 @@ def cmudict(path: str | None = None) -> dict[str, tuple[str, ...]]:
     return {w: tuple(p) for w, p in entries.items()}
 
 
-def pronunciations(words: Iterable[str], use_espeak: bool = True) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+def pronunciations(words: Iterable[str], use_espeak: bool = True,
+                   espeak_all: bool = False) -> tuple[dict[str, tuple[str, ...]], list[str]]:
     """Pronunciations for ``words`` and the words left without one.
 
     A word in CMUdict keeps CMUdict's readings (curated ones first where both have it); any other word gets the
@@ -161,7 +162,7 @@ def pronunciations(words: Iterable[str], use_espeak: bool = True) -> tuple[dict[
         prons += [p for p in cmu.get(word, ()) if p not in prons]
         if prons:
             found[word] = prons
-        if word not in cmu:
+        if word not in cmu or espeak_all:
             unlisted.append(word)
     if unlisted and use_espeak:
         for word, ipa in espeak_ipa(unlisted).items():
