@@ -92,6 +92,14 @@ case "$MODE" in
         echo "run_all.sh: /usr/bin/chromium is missing - install Debian's chromium (apt-get install chromium) for the browser test" >&2
       fi
     fi
+    if ! command -v espeak-ng >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run_all.sh: installing Debian's espeak-ng for the spoken-query tests" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) >&2
+      else
+        echo "run_all.sh: espeak-ng is missing - install Debian's espeak-ng (apt-get install espeak-ng) for the spoken-query tests" >&2
+      fi
+    fi
     exec "$PY" -m pytest "${EXTRA[@]}"
     ;;
   dashboard)

@@ -17,9 +17,8 @@ from medxpert_utils.data.labels import CHEXPERT_LABELS
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
          "seventeen eighteen nineteen").split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth", "5th": "fifth", "6th": "sixth",
-             "7th": "seventh", "8th": "eighth", "9th": "ninth", "10th": "tenth", "11th": "eleventh",
-             "12th": "twelfth"}
+_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+                  "nine": "ninth", "twelve": "twelfth"}
 SIDES = ("left", "right", "bilateral")
 ASKING = ("{f}", "{f}?", "signs of {f}", "is there {f}", "is there a {f}", "any {f}", "evidence of {f}", "no {f}",
           "findings of {f}", "show me {f}", "cases with {f}", "rule out {f}", "{s} {f}", "{s} {f}?", "is there {s} {f}",
@@ -40,11 +39,22 @@ def number_words(n: int) -> str:
     return " ".join(_ONES[int(d)] for d in str(n))
 
 
+def ordinal_words(n: int) -> str:
+    """1 -> "first", 8 -> "eighth", 21 -> "twenty first", 40 -> "fortieth"."""
+    *head, last = number_words(n).split()
+    if last in _ORDINAL_WORDS:
+        last = _ORDINAL_WORDS[last]
+    elif last.endswith("y"):
+        last = last[:-1] + "ieth"
+    else:
+        last += "th"
+    return " ".join([*head, last])
+
+
 def normalise(text: str) -> str:
     """Lower-case words, as spoken: ``"L-sided 2 cm nodule, 3rd rib."`` -> ``"l sided two cm nodule third rib"``."""
     text = str(text).lower()
-    text = re.sub(r"\b(\d+)(?:st|nd|rd|th)\b", lambda m: _ORDINALS.get(m.group(0), number_words(int(m.group(1)))),
-                  text)
+    text = re.sub(r"\b(\d+)(?:st|nd|rd|th)\b", lambda m: ordinal_words(int(m.group(1))), text)
     text = re.sub(r"\d+(?:\.\d+)?", lambda m: " point ".join(number_words(int(p)) for p in m.group(0).split(".")),
                   text)
     text = re.sub(r"x-ray", "x ray", text)
@@ -98,12 +108,16 @@ def queries() -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def corpus(reports: Iterable[str]) -> list[str]:
-    """Training sentences for the language model: the reports split into sentences, then the queries."""
+QUERY_WEIGHT = 3  # each query form counts three times: queries, not report sentences, are what is spoken
+
+
+def corpus(reports: Iterable[str], query_weight: int = QUERY_WEIGHT) -> list[str]:
+    """Training sentences for the language model: the reports split into sentences, then the queries
+    (``query_weight`` times; measured in benchmarks/bench_asr.py)."""
     sentences = []
     for report in reports:
         for sentence in re.split(r"[.;:!?\n]+", str(report or "")):
             norm = normalise(sentence)
             if norm:
                 sentences.append(norm)
-    return sentences + queries()
+    return sentences + queries() * query_weight

@@ -151,8 +151,10 @@ def pronunciations(words: Iterable[str], use_espeak: bool = True,
                    espeak_all: bool = False) -> tuple[dict[str, tuple[str, ...]], list[str]]:
     """Pronunciations for ``words`` and the words left without one.
 
-    A word in CMUdict keeps CMUdict's readings (curated ones first where both have it); any other word gets the
-    curated readings and espeak-ng's, so a radiology word has both the textbook and the letter-to-sound reading.
+    A word gets its curated readings, then CMUdict's; a word missing from CMUdict (or every word, with
+    ``espeak_all``) also gets espeak-ng's reading, so a radiology word has both the textbook and the
+    letter-to-sound reading. The language model uses ``espeak_all``: espeak-ng's reading of common words is one
+    more accent the recogniser then accepts (measured in benchmarks/bench_asr.py).
     """
     cmu = cmudict()
     found: dict[str, list[str]] = {}

@@ -40,7 +40,7 @@ class LanguageModel:
 def build_model(sentences: list[str], root: Path) -> LanguageModel:
     """ARPA trigram LM and pronunciation dictionary for ``sentences`` under ``root/<key>/`` (reused when present)."""
     vocab = sorted({w for s in sentences for w in s.split()})
-    prons, missing = lexicon.pronunciations(vocab)
+    prons, missing = lexicon.pronunciations(vocab, espeak_all=True)
     dropped = set(missing)
     kept = [s for s in sentences if s and not dropped.intersection(s.split())]
     key = hashlib.sha256(("\n".join(kept) + "\0" + repr(sorted(prons.items()))).encode()).hexdigest()[:16]
