@@ -31,7 +31,8 @@ import numpy as np
 from medxpert_utils.assistant import Assistant
 from medxpert_utils.core import config, io
 from medxpert_utils.core.errors import AudioError, UserError
-from medxpert_utils.speech import Transcriber
+from medxpert_utils.data import manifest
+from medxpert_utils.speech import Transcriber, language
 from medxpert_utils.speech.scoring import word_error_rate
 from medxpert_utils.speech.synth import synthesise
 
@@ -74,6 +75,19 @@ def top_ids(assistant: Assistant, text: str, k: int = 5) -> list[str]:
     return [hit.study_id for hit in assistant.search(text=text, k=k)] if text.strip() else []
 
 
+def lm_sentences(cfg: config.Config) -> set[str]:
+    """The sentences PocketSphinx's language model is built from (as in speech.transcribe), to tell which
+    benchmark queries it has seen word for word."""
+    frame = manifest.read(cfg.run_dir)
+    train = frame[frame["split"] == "train"]
+    reports = [str(t) for col in ("findings", "impression") for t in train[col].dropna() if str(t).strip()]
+    return set(language.corpus(reports, query_weight=1))
+
+
+def _wer(rows: list[dict]) -> float | None:
+    return round(word_error_rate([r["query"] for r in rows], [r["heard"] for r in rows]), 4) if rows else None
+
+
 def bench_backend(cfg: config.Config, recordings: list, assistant: Assistant) -> dict:
     transcriber = Transcriber(cfg)
     t0 = time.perf_counter()
@@ -96,6 +110,9 @@ def bench_backend(cfg: config.Config, recordings: list, assistant: Assistant) ->
         rows.append({"query": query, "voice": voice, "heard": text, "audio_s": seconds, "elapsed_s": elapsed,
                      "top5_overlap": overlap, "same_top5": spoken == typed[query]})
     timed = [r for r in rows if np.isfinite(r["elapsed_s"])]
+    seen = lm_sentences(cfg)
+    in_lm = [r for r in rows if language.normalise(r["query"]) in seen]
+    not_in_lm = [r for r in rows if language.normalise(r["query"]) not in seen]
     per_voice = {}
     for voice in dict.fromkeys(r["voice"] for r in rows):
         mine = [r for r in rows if r["voice"] == voice]
@@ -106,6 +123,10 @@ def bench_backend(cfg: config.Config, recordings: list, assistant: Assistant) ->
         "model": transcriber.model_name,
         "recordings": len(rows),
         "wer": round(word_error_rate([r["query"] for r in rows], [r["heard"] for r in rows]), 4),
+        # PocketSphinx's language model holds most benchmark queries as sentences (query forms, report sentences):
+        "wer_queries_in_lm_corpus": _wer(in_lm),
+        "wer_queries_not_in_lm_corpus": _wer(not_in_lm),
+        "queries_not_in_lm_corpus": sorted({r["query"] for r in not_in_lm}),
         "exact_transcripts": round(float(np.mean([r["heard"] == r["query"] for r in rows])), 4),
         "top5_overlap": round(float(np.mean([r["top5_overlap"] for r in rows])), 4),
         "same_top5": round(float(np.mean([r["same_top5"] for r in rows])), 4),
@@ -147,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         if figures["status"] == "ok":
             print(f"{backend}: WER {figures['wer']:.1%} over {figures['recordings']} recordings, top-5 overlap "
                   f"{figures['top5_overlap']:.3f} (same top-5 {figures['same_top5']:.1%}), "
-                  f"{figures['seconds_per_5s_audio']:.3f} s per 5 s of audio")
+                  f"{figures['seconds_per_5s_audio']:.3f} s per 5 s of audio; WER on queries in / not in the LM's "
+                  f"corpus {figures['wer_queries_in_lm_corpus']:.1%} / {figures['wer_queries_not_in_lm_corpus']:.1%}")
             for voice, row in figures["per_voice"].items():
                 print(f"  {voice:24s} WER {row['wer']:.1%}  overlap {row['top5_overlap']:.3f}")
         else:
