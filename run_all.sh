@@ -45,7 +45,7 @@ done
 # --- environment -------------------------------------------------------------------------------
 CHECK_IMPORTS='import torch, transformers, tokenizers, datasets, faiss, pandas, pyarrow, PIL, pydicom, seaborn, \
 sklearn, scipy, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
-voila, accelerate, pydantic, yaml, tqdm'
+voila, accelerate, pydantic, yaml, tqdm, av, pocketsphinx, anywidget'
 TEST_IMPORTS='import pytest, playwright.sync_api, importlinter, ruff'
 
 have_deps() { "$1" -c "$CHECK_IMPORTS${2:+; $2}" >/dev/null 2>&1; }
@@ -99,6 +99,14 @@ case "$MODE" in
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
       else
         echo "run_all.sh: /usr/bin/chromium is missing - install Debian's chromium (apt-get install chromium) for the browser test" >&2
+      fi
+    fi
+    if ! command -v espeak-ng >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run_all.sh: installing Debian's espeak-ng for the spoken-query tests" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) >&2
+      else
+        echo "run_all.sh: espeak-ng is missing - install Debian's espeak-ng (apt-get install espeak-ng) for the spoken-query tests" >&2
       fi
     fi
     exec "$PY" -m pytest "${EXTRA[@]}"

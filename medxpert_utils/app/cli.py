@@ -29,10 +29,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spoken(assistant: Assistant, args: argparse.Namespace) -> dict | None:
+    """Transcribe ``--audio`` into ``args.text`` (the query); the transcript for the JSON output, or None."""
+    if getattr(args, "audio", None) is None:
+        return None
+    transcript = assistant.transcribe(args.audio)
+    args.text = transcript.text
+    if not args.json:
+        print(f"heard ({transcript.backend}, {transcript.seconds:.1f} s of audio): {transcript.text}", file=sys.stderr)
+    return transcript.to_dict()
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from medxpert_utils.retrieval.search import format_hits
 
     assistant = Assistant(args.run)
+    transcript = _spoken(assistant, args)
     if args.text is not None:
         check = assistant.check_query(text=args.text, model=args.model)
         hits = assistant.search(text=args.text, k=args.k, model=args.model)
@@ -42,8 +54,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = assistant.search(image=args.image, k=args.k, model=args.model)
         query = str(args.image)
     if args.json:
-        print(json.dumps({"query": query, "query_check": check.to_dict(), "hits": [h.to_dict() for h in hits]},
-                         indent=2))
+        spoken = {"transcript": transcript} if transcript else {}
+        out = {"query": query, **spoken, "query_check": check.to_dict(), "hits": [h.to_dict() for h in hits]}
+        print(json.dumps(out, indent=2))
     else:
         if not check.in_distribution:
             print(f"warning: {check.message().split(' - ')[0]}; the hits below are not evidence", file=sys.stderr)
@@ -55,6 +68,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from medxpert_utils.report import render_text
 
     assistant = Assistant(args.run)
+    transcript = _spoken(assistant, args)
     try:
         report = assistant.diagnose(image=args.image, text=args.text, question=args.question, k=args.k,
                                     generator=args.generator, model=args.model, force=args.force)
@@ -65,7 +79,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if check is not None and not check.in_distribution:  # --force
         print(f"warning: forced: {check.message().split(' - ')[0]}", file=sys.stderr)
     if args.json:
-        print(report.model_dump_json(indent=2))
+        if transcript:
+            print(json.dumps({**json.loads(report.model_dump_json()), "transcript": transcript}, indent=2))
+        else:
+            print(report.model_dump_json(indent=2))
     else:
         print(render_text(report))
     return 0
@@ -142,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="free-text query, e.g. 'signs of pneumonia'")
     q.add_argument("--image", type=Path, help="chest X-ray file (PNG, JPEG or DICOM)")
+    q.add_argument("--audio", type=Path, help="spoken query (WAV, FLAC, OGG or WebM), transcribed with params asr")
     p.add_argument("-k", type=int, default=5, help="number of hits (clamped to the corpus size)")
     p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -152,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", type=Path, help="chest X-ray file (PNG, JPEG or DICOM)")
     q.add_argument("--text", help="free-text description or query")
+    q.add_argument("--audio", type=Path, help="spoken query (WAV, FLAC, OGG or WebM), transcribed with params asr")
     p.add_argument("--question", help="optional question to answer, e.g. 'signs of pneumonia?'")
     p.add_argument("-k", type=int, default=None, help="retrieved cases used as evidence (default: params report.top_k)")
     p.add_argument("--generator", default="auto", choices=["auto", "offline", "gemini"],

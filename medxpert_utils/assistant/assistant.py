@@ -48,6 +48,7 @@ from medxpert_utils.report.scoring import REPORTS_FILE, score_reports
 from medxpert_utils.retrieval.explain import Explainer, selected_method
 from medxpert_utils.retrieval.ood import QueryCheck, QueryChecker
 from medxpert_utils.retrieval.search import Hit, SearchEngine, check_k, to_image
+from medxpert_utils.speech import Transcriber, Transcript
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,6 +117,7 @@ class Assistant:
         self._checkers: dict[str, QueryChecker] = {}
         self.last_check: QueryCheck | None = None  # the query check of the last diagnose call
         self._explainers: dict[str, Explainer] = {}
+        self._transcriber: Transcriber | None = None
 
     # --- the pieces ------------------------------------------------------------------------------
     def engine(self, model: str = "fine_tuned") -> SearchEngine:
@@ -170,6 +172,12 @@ class Assistant:
         if resolve_generator(self.cfg, generator) != "gemini":
             return offline
         return GeminiReporter(self.cfg.llm, fallback=offline, cache_dir=self.cfg.paths.llm_cache if cache else None)
+
+    def transcribe(self, audio: Any, name: str | None = None) -> Transcript:
+        """A spoken query as text with the run's recogniser (``asr.backend``; loaded once, outside the model lock)."""
+        if self._transcriber is None:
+            self._transcriber = Transcriber(self.cfg)
+        return self._transcriber.transcribe(audio, name=name)
 
     # --- one query, step by step (the dashboard shows each step) -----------------------------------
     def search(self, *, image: Any = None, text: str | None = None, k: int = 5,

@@ -290,6 +290,14 @@ class QueryCheckParams(_Section):
     colour_limit: float = Field(0.06, gt=0, le=1,
                                 description="Mean chroma (0..1) above which an image is a colour picture, not a "
                                             "radiograph.")
+class AsrParams(_Section):
+    backend: Literal["pocketsphinx", "whisper"] = Field(
+        "pocketsphinx", description="Speech recogniser for spoken queries: pocketsphinx (offline, the run's language "
+                                    "model) or whisper (asr.model through transformers).")
+    model: str = Field("openai/whisper-small.en",
+                       description="Whisper hub id or save_pretrained folder (backend whisper).")
+    max_seconds: float = Field(30.0, gt=0, description="Longest accepted spoken query in seconds.")
+    max_mb: float = Field(10.0, gt=0, description="Largest accepted audio file in megabytes.")
 
 
 class Params(_Section):
@@ -313,6 +321,7 @@ class Params(_Section):
     dashboard: DashboardParams = Field(default_factory=DashboardParams, description="Voila dashboard.")
     query_check: QueryCheckParams = Field(default_factory=QueryCheckParams,
                                           description="Out-of-distribution check of queries.")
+    asr: AsrParams = Field(default_factory=AsrParams, description="Speech recognition of spoken queries.")
 
 
 class Config:

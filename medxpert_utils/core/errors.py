@@ -23,3 +23,7 @@ class QueryRejectedError(UserError):
     def __init__(self, message: str, check: object = None):
         super().__init__(message)
         self.check = check
+
+
+class AudioError(UserError, ValueError):
+    """A spoken query cannot be used (empty, silent, corrupt, too long or too large); the message names the fix."""

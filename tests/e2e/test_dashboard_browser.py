@@ -138,10 +138,10 @@ def _wait_cards(page, k: int) -> None:
         pytest.fail(f"the page shows an error: {page.locator('.mx-message').inner_text()}")
 
 
-def _upload(page, name: str, content: bytes, mime: str = "image/png") -> None:
+def _upload(page, name: str, content: bytes, mime: str = "image/png", button: str = "Upload X-ray") -> None:
     """Click the upload button and answer the file chooser it opens (its <input type=file> is detached)."""
     with page.expect_file_chooser(timeout=HANG_S * 1000) as chooser:
-        page.locator(".widget-upload").click()
+        page.locator(".widget-upload", has_text=button).click()
     chooser.value.set_files({"name": name, "mimeType": mime, "buffer": content})
 
 

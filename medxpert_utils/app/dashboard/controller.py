@@ -37,6 +37,7 @@ from medxpert_utils.app.dashboard.inputs import (
     run_options,
     run_problem,
 )
+from medxpert_utils.app.dashboard.recorder import Recorder
 from medxpert_utils.app.dashboard.render import (
     download_link,
     gallery_html,
@@ -47,6 +48,7 @@ from medxpert_utils.app.dashboard.render import (
 )
 from medxpert_utils.app.dashboard.widgets import (
     action_button,
+    audio_upload_button,
     gemini_checkbox,
     header,
     image_view,
@@ -96,6 +98,9 @@ class Dashboard:
         self.upload = upload_button()
         self.clear_button = action_button("Clear image", icon="times")
         self.query = query_box()
+        self.recorder = Recorder()
+        self.audio_upload = audio_upload_button()
+        self.heard = widgets.HTML()
         self.k = k_slider(5)
         self.model = model_toggle()
         self.gemini, self.gemini_note = gemini_checkbox(gemini_available(self.environ))
@@ -128,12 +133,16 @@ class Dashboard:
         self.show_hits_button.on_click(self._on_show_hits)
         self.query.observe(lambda change: self._set_error(""), names="value")
         self.heat_choice.observe(lambda change: self.show_heatmap(change["new"]), names="value")
+        self.recorder.observe(self._on_recording, names="count")
+        self.recorder.observe(self._on_recorder_error, names="error")
+        self.audio_upload.observe(self._on_audio_upload, names="value")
 
         details = widgets.Accordion(children=[self.log], titles=("Log",), selected_index=None)
         self.app = widgets.VBox([
             self.title,
             widgets.HBox([self.runs, self.run_message]),
             widgets.HBox([self.upload, self.clear_button]),
+            widgets.HBox([self.recorder, self.audio_upload, self.heard]),
             self.query,
             widgets.HBox([self.k, self.model]),
             widgets.HBox([self.gemini, self.gemini_note]),
@@ -165,13 +174,15 @@ class Dashboard:
                 self.max_upload_mb, self.save_uploads = board.max_upload_mb, board.save_uploads
                 # Gemini is offered whenever a key is set; it starts ticked unless the run chose offline reports.
                 self.gemini.value = not self.gemini.disabled and params.report.generator != "offline"
+                self.recorder.max_seconds = params.asr.max_seconds
             except UserError as exc:
                 problem = str(exc)
         self.run_message.value = (f'<span class="mx-error mx-run-problem">{esc(problem)}</span>' if problem else
                                   f'<span class="mx-note">{esc(display_run(self.run_dir))}</span>')
         if problem is None:
             self.assistant = self.assistant_factory(self.run_dir)
-        for control in (self.upload, self.clear_button, self.query, self.k, self.model, self.search_button):
+        for control in (self.upload, self.clear_button, self.query, self.k, self.model, self.search_button,
+                        self.recorder, self.audio_upload):
             control.disabled = problem is not None
         self.status.value = "" if problem else _READY
         if problem is None and self.warm_up and hasattr(self.assistant, "warm_up"):
@@ -226,6 +237,52 @@ class Dashboard:
         if self.save_uploads and self.run_dir is not None:
             png = png_bytes(image, max(image.size))  # pixels only: no DICOM header, no file name
             io.write_bytes(self.run_dir / "uploads" / f"{hashlib.sha256(png).hexdigest()[:16]}.png", png)
+        self.analyse()
+
+    # spoken questions
+    def _on_recording(self, _change: dict) -> None:
+        with self.log:
+            self._guard(lambda: self.hear(*self.recorder.audio()))
+
+    def _on_recorder_error(self, change: dict) -> None:
+        if change["new"]:
+            self._set_error(f"Recording failed ({change['new']}): allow the microphone, or upload an audio file.")
+
+    def _on_audio_upload(self, change: dict) -> None:
+        if not change["new"]:
+            return
+        with self.log:
+            try:
+                self._guard(lambda: self._hear_upload(change["new"]))
+            finally:
+                self.audio_upload.value = ()
+
+    def _hear_upload(self, value: Sequence[dict] | dict) -> None:
+        files = [value] if isinstance(value, dict) else list(value or ())
+        if files:
+            item = files[-1]
+            content = item.get("content", b"")
+            self.hear(content.tobytes() if isinstance(content, memoryview) else bytes(content),
+                      str(item.get("name") or "audio"))
+
+    def hear(self, audio: bytes, name: str) -> None:
+        """Transcribe a spoken question into the query box (editable), then search with it."""
+        self._set_error("")
+        self.heard.value = ""
+        if self.assistant is None:
+            self._set_error(run_problem(self.run_dir, self.model.value) or "No run selected.")
+            return
+        self.status.value = '<span class="mx-working">Transcribing ...</span>'
+        try:
+            transcript = self.assistant.transcribe(audio, name=name)
+        finally:
+            self.status.value = ""
+        self.query.value = transcript.text
+        self.timings = {}
+        self.heard.value = (f'<span class="mx-note mx-heard">Heard ({esc(transcript.backend)}, '
+                            f'{transcript.seconds:.1f} s, transcribed in {transcript.elapsed_s:.2f} s): '
+                            f'<b class="mx-transcript">{esc(transcript.text)}</b> - edit the query and press '
+                            'Search to correct it.</span>')
         self.analyse()
 
     def _on_search(self, _button: widgets.Button | None = None) -> None:
@@ -398,12 +455,13 @@ class Dashboard:
         self.error.value = f'<p class="mx-error mx-message">{esc(message)}</p>' if message else ""
 
     def _busy(self, busy: bool, steps: int = 1) -> None:
-        for control in (self.search_button, self.upload, self.clear_button, self.runs):
+        for control in (self.search_button, self.upload, self.clear_button, self.runs, self.recorder,
+                        self.audio_upload):
             control.disabled = busy
         self.progress.max, self.progress.value = max(steps, 1), 0
         self.progress.layout.visibility = "visible" if busy else "hidden"
         if not busy and self.assistant is None:
-            self.search_button.disabled = self.upload.disabled = True
+            self.search_button.disabled = self.upload.disabled = self.recorder.disabled = True
 
     def _step(self, label: str) -> None:
         self.status.value = f'<span class="mx-working">{esc(label)} ...</span>'

@@ -27,6 +27,14 @@ def upload_button() -> widgets.FileUpload:
                               tooltip="PNG, JPEG or DICOM chest X-ray")
 
 
+AUDIO_ACCEPT = "audio/*,.wav,.flac,.ogg,.oga,.opus,.webm"
+
+
+def audio_upload_button() -> widgets.FileUpload:
+    return widgets.FileUpload(accept=AUDIO_ACCEPT, multiple=False, description="Upload audio", icon="file-audio-o",
+                              tooltip="A spoken question: WAV, FLAC, OGG or WebM")
+
+
 def query_box() -> widgets.Textarea:
     return widgets.Textarea(placeholder="Free-text query, or a question (ending in ?) about the query or the uploaded "
                                         "image, e.g. 'signs of pneumonia?'",
