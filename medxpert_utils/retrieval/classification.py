@@ -61,9 +61,25 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap_auroc(scores: np.ndarray, positive: np.ndarray, resamples: np.ndarray) -> np.ndarray:
-    """AUROC on each resample (rows of indices into ``scores``); NaN where a resample lacks a class."""
-    return np.array([auroc(scores[idx], positive[idx]) for idx in resamples])
+def bootstrap_auroc(scores: np.ndarray, positive: np.ndarray, resamples: np.ndarray,
+                    valid: np.ndarray | None = None) -> np.ndarray:
+    """AUROC on each resample (rows of indices into ``scores``), all at once; rows where ``valid`` is False are
+    left out of every resample. NaN where a resample lacks a class. Same statistic as :func:`auroc`."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=float)
+    positive = np.asarray(positive, dtype=bool)
+    valid = np.ones(len(scores), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if len(resamples) == 0:
+        return np.zeros(0)
+    drawn = np.where(valid, scores, np.nan)[resamples]  # (B, n); left-out rows are NaN, ranked among none
+    ranks = rankdata(drawn, axis=1, nan_policy="omit")
+    pos = (positive & valid)[resamples]
+    n_pos = pos.sum(axis=1)
+    n_neg = valid[resamples].sum(axis=1) - n_pos
+    u = np.where(pos, ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
 def _ci(values: np.ndarray) -> list[float] | None:
@@ -210,9 +226,8 @@ def score_block(scores: np.ndarray, positive: np.ndarray, usable: np.ndarray, re
         else:
             col = np.where(ok, scores[:, j], np.nan)
             value = auroc(col[ok], positive[ok, j])
-            for b, idx in enumerate(resamples):
-                keep = idx[ok[idx]]
-                boot[b, j] = auroc(col[keep], positive[keep, j])
+            if len(resamples):
+                boot[:, j] = bootstrap_auroc(col, positive[:, j], resamples, valid=ok)
             row.update(auroc=None if np.isnan(value) else value, ci95=_ci(boot[:, j]))
             if n_pos >= min_positives and n_neg > 0:
                 included.append(j)

@@ -25,6 +25,18 @@ def test_auroc_matches_scikit_learn_on_a_hand_built_case_with_ties():
     assert np.isnan(classification.auroc(scores, np.zeros(7, dtype=bool)))
 
 
+def test_bootstrap_auroc_equals_auroc_on_each_resample_leaving_out_invalid_rows():
+    rng = np.random.default_rng(5)
+    scores, positive = rng.integers(0, 6, 80).astype(float), rng.random(80) < 0.3
+    valid = rng.random(80) > 0.2
+    resamples = rng.integers(0, 80, size=(40, 80))
+    fast = classification.bootstrap_auroc(scores, positive, resamples, valid=valid)
+    for b, idx in enumerate(resamples):
+        keep = idx[valid[idx]]
+        assert fast[b] == pytest.approx(roc_auc_score(positive[keep], scores[keep]))
+    assert np.isnan(classification.bootstrap_auroc(scores, np.zeros(80, dtype=bool), resamples[:2])).all()
+
+
 def test_label_targets_positive_is_one_uncertain_is_left_out():
     rows = pd.DataFrame({"Edema": pd.array([1, 0, None, -1], dtype="Int8"),
                          "Pneumonia": pd.array([None, 1, 1, 0], dtype="Int8")})
