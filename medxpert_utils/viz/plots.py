@@ -429,14 +429,14 @@ def classification_auroc(result: dict, path: str | Path | None = None):
                 " (untrained tiny model)" if model == "zero_shot" and result.get("untrained_base") else "")
             mean = block.get("mean_auroc")
             bars = ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=2,
-                           label=f"{name}: mean {mean:.2f}" if mean is not None else name)
+                           label=f"{name}: mean {mean:.3f}" if mean is not None else name)
             if method == "zero_shot_prompts":
                 handles.append(bars)
         ax.axvline(0.5, color="grey", ls="--", lw=1)
         ax.set_xlim(0, 1)
         ax.set_xlabel("AUROC (95% CI)")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=1, frameon=False)
         ax.grid(axis="x", alpha=0.3)
     n_pos = {label: row["n_positive"] for label, row in
              next(iter(result["models"].values()))["zero_shot_prompts"]["per_observation"].items()}

@@ -98,19 +98,25 @@ def voila_url(served_run, session_data_dir, tmp_path_factory):
         print(f"voila log: {log}")
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_chromium(extra_args=()):
+    """Headless system Chromium (never a downloaded one) with the project's flags plus ``extra_args``."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install it with 'apt-get install -y chromium' "
-                    "(the dashboard browser test drives the system Chromium, never a downloaded one)")
+                    "(the dashboard browser tests drive the system Chromium, never a downloaded one)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args],
+                                             headless=True)
         try:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_chromium()
 
 
 def _open(browser, url: str, query: str = ""):

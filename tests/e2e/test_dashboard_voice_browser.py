@@ -9,7 +9,7 @@ import pytest
 
 from medxpert_utils.speech.synth import synthesise
 from tests.e2e import test_dashboard_browser as served
-from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, HANG_S, START_S, _open, _upload, _wait_cards
+from tests.e2e.test_dashboard_browser import HANG_S, START_S, _open, _upload, _wait_cards, launch_chromium
 
 served_run = served.served_run  # the same fixtures: Voila on the smoke run
 voila_url = served.voila_url
@@ -22,20 +22,10 @@ SPOKEN = "left pleural effusion"
 @pytest.fixture(scope="module")
 def microphone_browser(tmp_path_factory):
     """Chromium whose microphone says SPOKEN once (after 0.5 s of silence), then silence; permission granted."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install it with 'apt-get install -y chromium'")
     wav = synthesise(SPOKEN, tmp_path_factory.mktemp("mic") / "question.wav", voice="en-us+klatt4", speed=150,
                      lead_seconds=0.5)
-    from playwright.sync_api import sync_playwright
-
-    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}%noloop"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium(["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                f"--use-file-for-fake-audio-capture={wav}%noloop"])
 
 
 def test_spoken_question_through_the_record_button(voila_url, microphone_browser, tmp_path):
