@@ -13,7 +13,9 @@ from __future__ import annotations
 import gzip
 import io as _io
 import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,17 +97,20 @@ def scientific_images() -> list[tuple[str, str, Image.Image]]:
 
 
 def dicom_files() -> list[tuple[str, bytes]]:
-    """pydicom's test files that hold decodable pixel data (CT, MR, US, ... with their tags)."""
-    from pydicom.data import get_testdata_files
+    """pydicom's bundled test files (read from the wheel, never downloaded) that hold decodable pixel data (CT, MR,
+    US, ... with their tags). pydicom's warnings about these deliberately odd files are silenced."""
+    import pydicom.data
 
     from medxpert_utils.core.errors import ImageLoadError
     from medxpert_utils.data.images import load_image
 
     out = []
-    for path in sorted(get_testdata_files("*.dcm")):
+    for path in sorted(str(p) for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm")):
         try:
-            content = open(path, "rb").read()
-            img = load_image(content, name=os.path.basename(path))
+            content = Path(path).read_bytes()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                img = load_image(content, name=os.path.basename(path))
         except (ImageLoadError, OSError, ValueError, NotImplementedError, RuntimeError):
             continue  # compressed without a decoder plugin, or not an image
         if min(img.size) >= 32 and np.asarray(img).std() > 1:
@@ -253,13 +258,15 @@ def evaluate(run: Any, model: str = "fine_tuned", n_per_group: int = 30, seed: i
     test_paths = corpus.rows.loc[corpus.rows["split"] == cfg.embed.eval_split, "image_path"].astype(str).tolist()
     if not test_paths:
         raise UserError(f"no {cfg.embed.eval_split} images in the corpus of {model} to evaluate the query check on")
-    items = [Item("in_distribution", os.path.basename(p), open(p, "rb").read()) for p in test_paths]
-    items += ood_set(test_paths, n_per_group, seed)
+    items = [Item("in_distribution", os.path.basename(p), Path(p).read_bytes()) for p in test_paths]
     vectors, facts = [], []
-    for start in range(0, len(items), 64):
-        chunk = items[start:start + 64]
-        vectors.append(engine.embed_image([load_image(it.content, name=it.name) for it in chunk]))
-        facts += [image_facts(it.content, name=it.name) for it in chunk]
+    with warnings.catch_warnings():  # pydicom's test files are odd on purpose; its warnings about them are noise here
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        items += ood_set(test_paths, n_per_group, seed)
+        for start in range(0, len(items), 64):
+            chunk = items[start:start + 64]
+            vectors.append(engine.embed_image([load_image(it.content, name=it.name) for it in chunk]))
+            facts += [image_facts(it.content, name=it.name) for it in chunk]
     vectors = np.concatenate(vectors)
     bank_rows, val_rows, _ = ood.split_bank(corpus.rows["split"].to_numpy(), cfg.seed)
     bank, val = np.asarray(corpus.image)[bank_rows], np.asarray(corpus.image)[val_rows]
