@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from medxpert_utils.core.progress import tqdm
 
 from medxpert_utils.core.config import Config
+from medxpert_utils.core.errors import ImageLoadError, UserError
+from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
+from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.images import verify_image
 from medxpert_utils.data.split import patient_split
-from medxpert_utils.core.errors import ImageLoadError, UserError
-from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 
 LEAKAGE_NOTE = "split by row: the {what} has no patient ids; patient leakage cannot be ruled out"
 MAX_EXAMPLES = 5

@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from medxpert_utils.core.progress import tqdm
 
 from medxpert_utils.core import io
 from medxpert_utils.core.errors import MissingModelError, UserError
+from medxpert_utils.core.progress import tqdm
 
 CHECKSUMS_FILE = "checksums.json"
 _CHUNK = 1 << 20
@@ -146,7 +146,8 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     parts = Path(name).parts
     if name.startswith(("/", "\\")) or Path(name).is_absolute() or ".." in parts or (parts and ":" in parts[0]):
-        raise UserError(f"unsafe path '{name}' in {archive.name} - refusing to extract it; the archive may be tampered with")
+        raise UserError(f"unsafe path '{name}' in {archive.name} - refusing to extract it; the archive may be "
+                        "tampered with")
     if not (member.isfile() or member.isdir()):
         raise UserError(f"archive {archive.name} holds a link or special file '{name}' - refusing to extract it")
 
@@ -171,7 +172,8 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
                 else:  # pragma: no cover - Python without extraction filters; members were checked above
                     tar.extractall(tmp, members=members)
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise UserError(f"cannot extract {archive.name} ({_reason(exc)}) - delete it and download it again") from None
+            raise UserError(f"cannot extract {archive.name} ({_reason(exc)}) - delete it and download it "
+                            "again") from None
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -20,14 +20,14 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medxpert_utils.core.errors import ImageLoadError
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
@@ -74,7 +74,8 @@ def _read_bytes(source: ImageSource, name: str, max_bytes: int | None) -> bytes:
     else:
         raise TypeError(f"load_image expects a path, bytes or a binary file object, not {type(source).__name__}")
     if max_bytes is not None and len(data) > max_bytes:
-        raise _fail(name, f"too large (more than {max_bytes / 2**20:.1f} MB)", "downscale the image or raise the size limit")
+        raise _fail(name, f"too large (more than {max_bytes / 2**20:.1f} MB)",
+                    "downscale the image or raise the size limit")
     if not data:
         raise _fail(name, "empty file")
     return data
@@ -126,6 +127,28 @@ def _to_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def _read_dicom(data: bytes, shown: str):
+    """The pydicom dataset of DICOM bytes; one-line :class:`ImageLoadError` when they are not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    has_preamble = data[DICOM_MAGIC_OFFSET: DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+    try:
+        # force=True reads preamble-less files (named .dcm); a real preamble needs no forcing.
+        return pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+    except (InvalidDicomError, *_DECODE_ERRORS) as exc:
+        raise _fail(shown, f"not a valid DICOM file ({exc.__class__.__name__})") from None
+
+
+def _dicom_rgb(ds, arr: np.ndarray) -> np.ndarray:
+    """A colour DICOM frame in RGB (YBR photometric interpretations converted)."""
+    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
+        from pydicom.pixels import convert_color_space
+
+        return convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
+    return arr
+
+
 def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
     """The displayable pixels of a DICOM file as a 2-D ``uint8`` array (bright = dense).
 
@@ -133,18 +156,10 @@ def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: i
     and inverts MONOCHROME1. Only the pixel array leaves this function - no tag is returned.
     Multi-frame files give their first frame; colour DICOMs are converted to luminance.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     shown = _display_name(source, name)
-    data = _read_bytes(source, shown, max_bytes)
-    has_preamble = data[DICOM_MAGIC_OFFSET: DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
-    try:
-        # force=True reads preamble-less files (named .dcm); a real preamble needs no forcing.
-        ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
-    except (InvalidDicomError, *_DECODE_ERRORS) as exc:
-        raise _fail(shown, f"not a valid DICOM file ({exc.__class__.__name__})") from None
+    ds = _read_dicom(_read_bytes(source, shown, max_bytes), shown)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise _fail(shown, "DICOM file has no pixel data (a structured report or a header-only file?)",
                     "export the image itself")
@@ -158,18 +173,13 @@ def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: i
     except (*_DECODE_ERRORS, KeyError, AttributeError) as exc:
         raise _fail(shown, f"corrupt DICOM pixel data ({exc.__class__.__name__})") from None
 
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         arr = arr[0]
-    if samples > 1:  # colour DICOM: ITU-R 601 luminance, the same weights PIL uses for RGB -> L
-        if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            try:
-                arr = convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
-            except (NotImplementedError, ValueError) as exc:
-                raise _fail(shown, f"unsupported DICOM colour space ({_short(exc)})", "export as PNG") from None
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:  # colour: ITU-R 601 luminance, PIL's weights for RGB -> L
+        try:
+            arr = _dicom_rgb(ds, arr)
+        except (NotImplementedError, ValueError) as exc:
+            raise _fail(shown, f"unsupported DICOM colour space ({_short(exc)})", "export as PNG") from None
         arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         return _to_uint8(arr, 0, 255 if arr.max() <= 255 else float(arr.max()))
     if arr.ndim != 2:
@@ -285,7 +295,8 @@ def verify_image(source: str | os.PathLike, name: str | None = None, full: bool 
         except UnidentifiedImageError:
             raise _fail(shown, _unrecognised(head), "check the file or remove it from the dataset") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _fail(shown, "too large (more pixels than the decompression-bomb limit)", "downscale the image") from None
+            raise _fail(shown, "too large (more pixels than the decompression-bomb limit)",
+                        "downscale the image") from None
         except _DECODE_ERRORS as exc:
             raise _fail(shown, f"truncated or corrupt {fmt} ({_short(exc)})") from None
         if fmt == "JPEG":
@@ -342,13 +353,7 @@ def image_facts(source: ImageSource | Image.Image | np.ndarray, name: str | None
     data = _read_bytes(source, shown, max_bytes)
     suffix = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
     if is_dicom(data) or suffix in (".dcm", ".dicom") or (name and Path(name).suffix.lower() == ".dcm"):
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=data[DICOM_MAGIC_OFFSET: DICOM_MAGIC_OFFSET + 4] != DICOM_MAGIC)
-        except (InvalidDicomError, *_DECODE_ERRORS) as exc:
-            raise _fail(shown, f"not a valid DICOM file ({exc.__class__.__name__})") from None
+        ds = _read_dicom(data, shown)
 
         def tag(keyword: str) -> str | None:
             value = str(ds.get(keyword, "") or "").strip().upper()
@@ -360,10 +365,7 @@ def image_facts(source: ImageSource | Image.Image | np.ndarray, name: str | None
                 arr = ds.pixel_array
                 if int(ds.get("NumberOfFrames", 1) or 1) > 1:
                     arr = arr[0]
-                if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
-                    from pydicom.pixels import convert_color_space
-
-                    arr = convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
+                arr = _dicom_rgb(ds, arr)
                 colour = colourfulness(arr.astype(np.float32) / max(float(arr.max()), 1.0))
             except (NotImplementedError, RuntimeError, *_DECODE_ERRORS, KeyError, AttributeError):
                 colour = 1.0  # colour pixels we cannot decode: not a plain radiograph either way

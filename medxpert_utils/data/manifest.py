@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from medxpert_utils.data.labels import CHEXPERT_LABELS
 from medxpert_utils.core.errors import RunNotReadyError, UserError
 from medxpert_utils.core.paths import RunPaths, resolve_run_dir
+from medxpert_utils.data.labels import CHEXPERT_LABELS
 
 TEXT_COLUMNS = ["study_id", "patient_id", "image_path", "findings", "impression", "report", "split"]
 LABEL_COLUMNS = list(CHEXPERT_LABELS)
@@ -80,8 +80,9 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     if len(leaked):
         patient = leaked.index[0]
         found = sorted(out.loc[out["patient_id"] == patient, "split"].unique())
+        more = f"; {len(leaked) - 1} more patients too" if len(leaked) > 1 else ""
         raise ManifestError(f"patient '{patient}' is in two splits ({', '.join(found)}) - split by patient "
-                            f"(data.split.patient_split){f'; {len(leaked) - 1} more patients too' if len(leaked) > 1 else ''}")
+                            f"(data.split.patient_split){more}")
 
     for col in LABEL_COLUMNS:
         out[col] = _label_column(out[col], col)

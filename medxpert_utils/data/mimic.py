@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from medxpert_utils.core.progress import tqdm
 
 from medxpert_utils.core import io
 from medxpert_utils.core.config import Config
+from medxpert_utils.core.errors import ImageLoadError, MissingModelError, UserError
+from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
+from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.assemble import LEAKAGE_NOTE, BuildStats, finish, resolve_data_root, sample_studies
 from medxpert_utils.data.images import load_image
-from medxpert_utils.core.errors import ImageLoadError, MissingModelError, UserError
-from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 
 _HF_IMAGE = ("image", "img", "jpg", "png", "image_path")
 _HF_FINDINGS = ("findings", "finding")
@@ -44,11 +44,13 @@ def load_hf_dataset(name: str, split: str, revision: str | None = None):
 
     local = _hf_local_path(name)
     try:
-        if local is not None and local.is_dir() and any((local / f).is_file() for f in ("state.json", "dataset_dict.json")):
+        saved = local is not None and any((local / f).is_file() for f in ("state.json", "dataset_dict.json"))
+        if saved:
             loaded = datasets.load_from_disk(str(local))  # a save_to_disk folder, which load_dataset refuses
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise UserError(f"dataset '{name}' has no split '{split}' (has {', '.join(loaded)}) - set data.hf_split")
+                    raise UserError(f"dataset '{name}' has no split '{split}' (has {', '.join(loaded)}) - "
+                                    "set data.hf_split")
                 loaded = loaded[split]
             return loaded
         return datasets.load_dataset(str(local) if local else name, split=split, revision=revision,
@@ -64,7 +66,8 @@ def load_hf_dataset(name: str, split: str, revision: str | None = None):
             raise
         raise MissingModelError(
             f"cannot load dataset '{name}' (offline or not cached: {exc.__class__.__name__}): connect to the internet "
-            "or set HF_TOKEN for gated datasets, or point data.hf_dataset at a local copy; use the demo profile to run offline"
+            "or set HF_TOKEN for gated datasets, or point data.hf_dataset at a local copy; use the demo profile to "
+            "run offline"
         ) from None
 
 
@@ -276,7 +279,8 @@ def mimic_cxr_jpg(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, dic
         merged[col] = pd.to_numeric(merged[col], errors="coerce").round().astype("Int8")
 
     if split_table is not None:
-        split_table = split_table.assign(split=split_table["split"].astype(str).str.lower().replace({"validate": "val"}))
+        splits = split_table["split"].astype(str).str.lower().replace({"validate": "val"})
+        split_table = split_table.assign(split=splits)
         merged = merged.join(split_table.drop_duplicates("dicom_id").set_index("dicom_id")["split"], on="dicom_id")
         unsplit = merged["split"].isna() | ~merged["split"].isin(mf.SPLIT_VALUES)
         stats.skip("not in the official split table", names=merged.loc[unsplit, "dicom_id"].tolist())

@@ -16,10 +16,10 @@ import pandas as pd
 
 from medxpert_utils.core import io
 from medxpert_utils.core.config import Config
-from medxpert_utils.data import download as dl
-from medxpert_utils.data.assemble import BuildStats, finish, resolve_data_root
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import data_dir
+from medxpert_utils.data import download as dl
+from medxpert_utils.data.assemble import BuildStats, finish, resolve_data_root
 
 IU_PNG_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
 IU_REPORTS_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz"
@@ -125,5 +125,6 @@ def iu_xray(cfg: Config, progress: bool = True, png_url: str | None = None,
     stats.skip("report names no image found on disk", names=no_image)
     if d.frontal_only:
         stats.notes.append("frontal views by caption, else the first image of each report (IU has no view field)")
-    frame = pd.DataFrame(rows, columns=["study_id", "patient_id", "image_path", "findings", "impression", "view", "source"])
+    frame = pd.DataFrame(rows, columns=["study_id", "patient_id", "image_path", "findings", "impression", "view",
+                                        "source"])
     return finish(frame, cfg, stats, progress)

@@ -13,18 +13,19 @@ import hashlib
 import inspect
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from medxpert_utils.core.config import Config
+from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 from medxpert_utils.data import manifest as mf
 from medxpert_utils.data.assemble import LEAKAGE_NOTE, BuildStats, finish, resolve_data_root
 from medxpert_utils.data.mimic import hf_image_dir, load_hf_dataset, mimic_cxr_jpg, mimic_hf
 from medxpert_utils.data.openi import iu_xray
-from medxpert_utils.core.errors import UserError
-from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 
 __all__ = ["BuildStats", "SOURCES", "build_manifest", "csv", "demo", "demo_cache_dir", "hf_image_dir", "iu_xray",
            "load_hf_dataset", "mimic_cxr_jpg", "mimic_hf", "resolve_data_root"]
@@ -97,7 +98,8 @@ def csv(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     stats = BuildStats("csv")
     has_sections = d.report_column not in table.columns and any(c in table.columns for c in ("findings", "impression"))
-    for col in [d.image_column] + ([] if has_sections else [d.report_column]) + ([d.patient_column] if d.patient_column else []):
+    needed = [d.image_column] + ([] if has_sections else [d.report_column])
+    for col in needed + ([d.patient_column] if d.patient_column else []):
         if col not in table.columns:
             raise UserError(f"{csv_path.name} has no column '{col}' (has {', '.join(table.columns)}) - "
                             "set data.image_column / data.report_column / data.patient_column")

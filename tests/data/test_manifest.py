@@ -29,7 +29,8 @@ def make_manifest(base, n: int = 6) -> pd.DataFrame:
 
 
 def test_contract_columns():
-    assert mf.MANIFEST_COLUMNS[:7] == ["study_id", "patient_id", "image_path", "findings", "impression", "report", "split"]
+    assert mf.MANIFEST_COLUMNS[:7] == ["study_id", "patient_id", "image_path", "findings", "impression", "report",
+                                       "split"]
     assert mf.MANIFEST_COLUMNS[7:] == list(CHEXPERT_LABELS) and len(CHEXPERT_LABELS) == 14
 
 

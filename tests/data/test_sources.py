@@ -320,7 +320,8 @@ def build_mimic_fixture(root: Path, reports_root: Path) -> None:
         if report is not None:
             path = reports_root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n {report}\n")
+            path.write_text(f"                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n"
+                            f" {report}\n")
         if labels is not None:
             chexpert.append({"subject_id": subject, "study_id": study, **{c: labels.get(c) for c in CHEXPERT_LABELS}})
     write_gz_csv(pd.DataFrame(meta), root / "mimic-cxr-2.0.0-metadata.csv.gz")
@@ -364,7 +365,8 @@ def test_mimic_cxr_jpg_seeded_patient_split_and_all_views(tmp_path):
 
 def test_mimic_cxr_jpg_missing_files_are_named(tmp_path):
     root, reports = tmp_path / "mimic-cxr-jpg", tmp_path / "mimic-cxr-reports"
-    cfg = make_cfg(tmp_path, **{"data.source": "mimic_cxr_jpg", "data.root": str(root), "data.reports_root": str(reports)})
+    cfg = make_cfg(tmp_path, **{"data.source": "mimic_cxr_jpg", "data.root": str(root),
+                                "data.reports_root": str(reports)})
     with pytest.raises(UserError, match="MIMIC-CXR-JPG folder not found"):
         sources.build_manifest(cfg, progress=False)
     build_mimic_fixture(root, reports)
@@ -392,7 +394,8 @@ def iu_xml(number: int, findings: str, impression: str, images: list[tuple[str, 
         f'<panel type="single"><url>/hadoop/storage/radiology/extract/{image_id}.jpg</url></panel></parentImage>'
         for k, (image_id, caption) in enumerate(images))
     return (f'<?xml version="1.0" encoding="utf-8"?><eCitation><meta type="rr"/><uId id="CXR{number}"/>'
-            f'<pmcId id="{number}"/><MedlineCitation Owner="Indiana University" Status="supplied"><Article PubModel="Electronic">'
+            f'<pmcId id="{number}"/><MedlineCitation Owner="Indiana University" Status="supplied">'
+            f'<Article PubModel="Electronic">'
             f'<Abstract><AbstractText Label="COMPARISON">None.</AbstractText>'
             f'<AbstractText Label="INDICATION">Chest pain.</AbstractText>'
             f'<AbstractText Label="FINDINGS">{findings}</AbstractText>'
@@ -487,7 +490,8 @@ def test_iu_xray_download_parse_and_frontal_heuristic(tmp_path, monkeypatch, no_
         assert stats["n_skipped"] == 2
         assert Path(frame.loc[0, "image_path"]).name == "CXR1_1_IM-0001-3001.png"  # first image of the report
         assert Path(frame.loc[1, "image_path"]).name == "CXR2_IM-0652-2001.png"  # the caption says PA
-        assert frame.loc[0, "impression"] == clean(IU_REPORTS[1][1]) and frame.loc[0, "findings"] == clean(IU_REPORTS[1][0])
+        assert frame.loc[0, "impression"] == clean(IU_REPORTS[1][1])
+        assert frame.loc[0, "findings"] == clean(IU_REPORTS[1][0])
         checksums = json.loads((root / dl.CHECKSUMS_FILE).read_text())
         assert checksums["NLMCXR_png.tgz"] == hashlib.sha256(archives["/NLMCXR_png.tgz"]).hexdigest()
         n_requests = len(server.requests)

@@ -15,7 +15,8 @@ the collate drops it and counts it in ``n_skipped``; an epoch never stops on a b
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,8 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medxpert_utils.data.loading.transforms import N_DRAWS, ImageTransform, eval_image_transform, train_image_transform
 from medxpert_utils.core.errors import ImageLoadError
+from medxpert_utils.data.loading.transforms import N_DRAWS, ImageTransform, eval_image_transform, train_image_transform
 
 
 def positive_label_matrix(frame: pd.DataFrame) -> np.ndarray:

@@ -12,8 +12,9 @@ right findings, the heart on the left) is part of the report. It runs per image 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

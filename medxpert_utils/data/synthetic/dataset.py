@@ -23,21 +23,23 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
-from medxpert_utils.core.progress import tqdm
 
 from medxpert_utils.core import io
+from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data.labels import CHEXPERT_LABELS
+from medxpert_utils.data.synthetic import phantom
+from medxpert_utils.data.synthetic import reports as phantom_reports
 from medxpert_utils.data.synthetic.phantom import Anatomy, Finding, Nuisance, finding_regions, render
-from medxpert_utils.data.synthetic import phantom, reports as phantom_reports
 from medxpert_utils.data.synthetic.reports import compose_report, observation, phrase
 
 

@@ -16,8 +16,8 @@ magnification), so the whole patient moves together. The picture is built as an 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -399,7 +399,7 @@ def _vessel_tree(anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         th = np.linspace(-2.2, 1.45, n0) + rng.uniform(-0.12, 0.12, n0)  # 0: lateral, -pi/2: up
         length = rng.uniform(0.2, 0.3, n0)
         w = np.ones(n0)
-        for depth in range(4):
+        for _ in range(4):
             n = int(np.ceil(length.max() / _VESSEL_STEP))
             heading = th[:, None] + np.cumsum(rng.normal(0, 0.035, (len(th), n)), axis=1)
             px = x0[:, None] + np.cumsum(s * np.cos(heading) * _VESSEL_STEP, axis=1)
