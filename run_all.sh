@@ -45,7 +45,7 @@ done
 # --- environment -------------------------------------------------------------------------------
 CHECK_IMPORTS='import torch, transformers, tokenizers, datasets, faiss, pandas, pyarrow, PIL, pydicom, seaborn, \
 sklearn, scipy, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
-voila, accelerate, pydantic, yaml, tqdm, av, pocketsphinx, anywidget'
+voila, accelerate, pydantic, yaml, tqdm, av, pocketsphinx, anywidget, jiwer'
 TEST_IMPORTS='import pytest, playwright.sync_api, importlinter, ruff'
 
 have_deps() { "$1" -c "$CHECK_IMPORTS${2:+; $2}" >/dev/null 2>&1; }

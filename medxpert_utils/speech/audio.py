@@ -103,7 +103,7 @@ def _decode(data: bytes, name: str, max_seconds: float) -> np.ndarray:
 
 
 def to_wav(samples: np.ndarray, rate: int = RATE) -> bytes:
-    """16-bit mono WAV bytes of float samples (tests, benchmarks and the dashboard's saved recordings)."""
+    """16-bit mono WAV bytes of float samples in [-1, 1] (the tests' silent, too long and tone recordings)."""
     import wave
 
     buf = io.BytesIO()
