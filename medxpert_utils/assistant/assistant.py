@@ -118,6 +118,7 @@ class Assistant:
         self.last_check: QueryCheck | None = None  # the query check of the last diagnose call
         self._explainers: dict[str, Explainer] = {}
         self._transcriber: Transcriber | None = None
+        self._last_vector: tuple[Any, str, np.ndarray] | None = None  # (query object, model, its image embedding)
 
     # --- the pieces ------------------------------------------------------------------------------
     def engine(self, model: str = "fine_tuned") -> SearchEngine:
@@ -151,10 +152,17 @@ class Assistant:
             image = image.read()
         if facts is None:
             facts = image_facts(image)
-        engine = self.engine(model)
+        return checker.check_vector(self._image_vector(image, model), facts)
+
+    def _image_vector(self, image: Any, model: str) -> "np.ndarray":
+        """The query image's embedding, kept for the one query object last embedded: the check and the search of
+        one query share it instead of embedding the image twice."""
         with self.lock:
-            vector = engine.embed_image(to_image(image))
-        return checker.check_vector(vector, facts)
+            last = self._last_vector
+            if last is None or last[0] is not image or last[1] != model:
+                vector = self.engine(model).embed_image(to_image(image))
+                self._last_vector = last = (image, model, vector)
+            return last[2]
 
     def captioner(self) -> Captioner | None:
         """The run's captioner (loaded once), or None when notebook 04 did not run."""
@@ -186,8 +194,12 @@ class Assistant:
         if (image is None) == (text is None):
             raise UserError("pass either an image or a text query")
         engine = self.engine(model)
+        if image is not None:
+            vector = self._image_vector(image, model)
+            with self.lock:
+                return engine.search_vectors(vector, k, target="reports")[0]
         with self.lock:
-            return engine.search_image(image, k) if image is not None else engine.search_text(text, k)
+            return engine.search_text(text, k)
 
     def similar_cases(self, *, image: Any = None, text: str | None = None, k: int = 5,
                       model: str = "fine_tuned") -> list[RetrievedCase]:

@@ -36,9 +36,9 @@ class FakeEngine:
         self.queries.append(("text", query, k))
         return HITS[:k]
 
-    def search_image(self, image, k=5):
-        self.queries.append(("image", image.size, k))
-        return HITS[:k]
+    def search_vectors(self, vectors, k=5, target="reports"):  # an image query, by its embedding
+        self.queries.append(("image", target, k))
+        return [HITS[:k]]
 
     def embed_image(self, image):  # the query check's embedding: the stub checker's reference vector, unless
         self.queries.append(("embed", image.size))  # the image is black: then far from it (score 1 > 0.5)
@@ -54,9 +54,14 @@ def stub_query_check(monkeypatch):
 
 
 @pytest.fixture
-def run_dir(tmp_path, monkeypatch):
+def engine(monkeypatch):
     engine = FakeEngine()
     monkeypatch.setattr(Assistant, "engine", lambda self, model="fine_tuned": engine)
+    return engine
+
+
+@pytest.fixture
+def run_dir(tmp_path, engine):
     cfg = runs.prepare(config.load("params/smoke.yaml", run=str(tmp_path / "outputs" / "cli_run")))
     return cfg.run_dir
 
@@ -71,7 +76,7 @@ def test_json_is_the_diagnosis_report(run_dir, capsys):
     assert report.supporting_study_ids == ["s1", "s2", "s3"]  # report.top_k of the smoke profile
 
 
-def test_image_query_with_question_prints_text(run_dir, tmp_path, capsys):
+def test_image_query_with_question_prints_text(run_dir, engine, tmp_path, capsys):
     image = tmp_path / "query.png"
     Image.new("L", (64, 64), 90).save(image)
     assert cli.main(["diagnose", "--run", str(run_dir), "--image", str(image), "--question", "signs of pneumonia?",
@@ -79,6 +84,8 @@ def test_image_query_with_question_prints_text(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("!! " + DISCLAIMER) and "Query: query.png" in out and "Answer:" in out
     assert "Supporting studies: s1, s2" in out
+    # the query check and the search share one embedding of the image
+    assert [q[0] for q in engine.queries] == ["embed", "image"]
 
 
 @pytest.mark.parametrize("argv, message", [
