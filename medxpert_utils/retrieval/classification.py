@@ -26,7 +26,6 @@ import pandas as pd
 
 from medxpert_utils.core import config, io
 from medxpert_utils.core.config import Config, ConfigError
-from medxpert_utils.core.errors import RunNotReadyError
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 from medxpert_utils.models import clip
 from medxpert_utils.retrieval.metrics import MODELS
@@ -116,11 +115,6 @@ def prompt_candidates(cfg: Config) -> dict[str, list[tuple[str, str]]]:
         phrases = [entry] if isinstance(entry, str) else list(entry)
         out[label] = [(params.positive.format(finding=ph), params.negative.format(finding=ph)) for ph in phrases]
     return out
-
-
-def prompt_pairs(cfg: Config) -> dict[str, tuple[str, str]]:
-    """The first candidate pair of each observation (the one used when there is nothing to choose)."""
-    return {label: options[0] for label, options in prompt_candidates(cfg).items()}
 
 
 def prompt_scores(image: np.ndarray, positive_text: np.ndarray, negative_text: np.ndarray) -> np.ndarray:
@@ -296,15 +290,6 @@ def evaluate_classification(run: str | Path | Config, write: bool = False) -> di
     return result
 
 
-def load_or_evaluate(run: str | Path) -> dict[str, Any]:
-    """``metrics/classification.json`` of a run, computed (and written) when missing."""
-    cfg = config.from_run(run)
-    path = cfg.paths.metrics / "classification.json"
-    if path.is_file():
-        return io.read_json(path)
-    return evaluate_classification(cfg, write=True)
-
-
 _COLUMN = {"zero_shot": "Zero-Shot", "fine_tuned": "Fine-Tuned"}
 
 
@@ -347,11 +332,3 @@ def format_summary(result: dict[str, Any]) -> str:
             note = " (untrained tiny model)" if model == "zero_shot" and result.get("untrained_base") else ""
             lines.append(f"  {method:<18} {column + note:<32} {_fmt(block.get('mean_auroc'), block.get('mean_ci95'))}")
     return "\n".join(lines)
-
-
-def require(run: str | Path) -> dict[str, Any]:
-    """``metrics/classification.json`` of a run; :class:`RunNotReadyError` naming notebook 03 when missing."""
-    path = config.from_run(run).paths.metrics / "classification.json"
-    if not path.is_file():
-        raise RunNotReadyError(f"{path} is missing - run notebook 03 (03_retrieval_eval) or medxpert eval --write")
-    return io.read_json(path)

@@ -201,11 +201,12 @@ def evaluate_grounding(run: str | os.PathLike, methods: Sequence[str] = METHODS,
     from medxpert_utils.core import config
     from medxpert_utils.core.progress import tqdm
     from medxpert_utils.data import manifest
+    from medxpert_utils.models.clip import is_untrained_base
 
     for m in methods:
         check_method(m)
     cfg = config.from_run(run)
-    n_boot = int(n_boot or max(1000, cfg.eval.bootstrap))
+    n_boot = int(n_boot or cfg.eval.bootstrap)
     frame = manifest.read(cfg.run_dir)
     cases = {split: grounding_cases(frame, split) for split in ("val", "test")}
     if cases["test"].empty or not cases["test"]["local"].any():
@@ -250,18 +251,12 @@ def evaluate_grounding(run: str | os.PathLike, methods: Sequence[str] = METHODS,
         "methods": {key: value for key, value in summaries["test"].items() if key != PRIOR},
         "fine_tuned_beats_ci": beats,
         "bootstrap": {"n": n_boot, "unit": "patient", "level": 0.95},
-        "zero_shot_is_untrained": _is_untrained(cfg),
+        "zero_shot_is_untrained": is_untrained_base(cfg),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if write:
         io.write_json(cfg.paths.metrics / GROUNDING_FILE, result)
     return result
-
-
-def _is_untrained(cfg: Any) -> bool:
-    from medxpert_utils.models.clip import is_untrained_base
-
-    return is_untrained_base(cfg)
 
 
 def grounding_table(result: dict[str, Any]) -> pd.DataFrame:

@@ -203,7 +203,7 @@ def calibrate_run(cfg: "Config", model: str = "fine_tuned") -> Calibration:
                          calibration_rows=where, val_accepted=float(np.mean(values <= threshold)),
                          embeddings_key=str(corpus.cache_key.get("key", "")))
     try:
-        io.write_json(cfg.paths.embeddings(model) / OOD_FILE, asdict(result))
+        io.write_json(ood_file(cfg, model), asdict(result))
     except OSError:  # a read-only shared run: the check still works, calibrated in memory
         pass
     return result
@@ -211,10 +211,11 @@ def calibrate_run(cfg: "Config", model: str = "fine_tuned") -> Calibration:
 
 def read_calibration(cfg: "Config", model: str = "fine_tuned") -> Calibration | None:
     """The saved calibration when it matches the embeddings and params, else None."""
-    folder = cfg.paths.embeddings(model)
+    from medxpert_utils.retrieval.store import CACHE_KEY_FILE
+
     try:
-        saved = io.read_json(folder / OOD_FILE)
-        key = str(io.read_json(folder / "cache_key.json").get("key", ""))
+        saved = io.read_json(ood_file(cfg, model))
+        key = str(io.read_json(cfg.paths.embeddings(model) / CACHE_KEY_FILE).get("key", ""))
         calibration = Calibration(**saved)
     except (OSError, ValueError, TypeError):
         return None

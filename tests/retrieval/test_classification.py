@@ -55,20 +55,20 @@ def _cfg(**classification_params):
 def test_prompt_pairs_from_templates_phrases_and_explicit_pairs():
     cfg = _cfg(phrases={"Pleural Effusion": "effusion", "Edema": ["pulmonary edema", "edema"]},
                pairs={"No Finding": ["normal chest", "abnormal chest"]})
-    pairs = classification.prompt_pairs(cfg)
+    pairs = {label: options[0] for label, options in classification.prompt_candidates(cfg).items()}
     assert set(pairs) == set(CHEXPERT_LABELS)
     assert pairs["Pleural Effusion"] == ("effusion", "no effusion")
     assert pairs["No Finding"] == ("normal chest", "abnormal chest")
     assert pairs["Cardiomegaly"] == ("cardiomegaly", "no cardiomegaly")
     assert classification.prompt_candidates(cfg)["Edema"] == [("pulmonary edema", "no pulmonary edema"),
                                                              ("edema", "no edema")]
-    fixed = classification.prompt_pairs(_cfg(negative="normal chest radiograph"))
-    assert fixed["Edema"] == ("edema", "normal chest radiograph")
+    fixed = classification.prompt_candidates(_cfg(negative="normal chest radiograph"))
+    assert fixed["Edema"] == [("edema", "normal chest radiograph")]
 
 
 def test_prompt_phrase_for_an_unknown_observation_is_one_line_error():
     with pytest.raises(config.ConfigError, match="'Effusion' is not one of the 14 observations"):
-        classification.prompt_pairs(_cfg(phrases={"Effusion": "effusion"}))
+        classification.prompt_candidates(_cfg(phrases={"Effusion": "effusion"}))
 
 
 def test_positive_template_without_slot_is_refused():
