@@ -17,6 +17,7 @@ from pathlib import Path
 from medxpert_utils.assistant import Assistant
 from medxpert_utils.core.errors import QueryRejectedError, UserError
 from medxpert_utils.core.stage import parse_overrides
+from medxpert_utils.retrieval.explain import METHODS
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="what to find, e.g. 'left pleural effusion'")
     p.add_argument("--out", type=Path, required=True, help="output picture (.png or .jpg)")
     p.add_argument("--model", default="fine_tuned", choices=["fine_tuned", "zero_shot"])
-    p.add_argument("--method", choices=["patch", "gradcam", "grad_x_input"],
+    p.add_argument("--method", choices=list(METHODS),
                    help="map method (default: the one the run's grounding evaluation chose)")
     p.set_defaults(func=cmd_explain)
 

@@ -10,6 +10,9 @@ own height and width (higher = more similar), by one of three methods:
   (channel weights = the gradient averaged over patches; ReLU of the weighted sum).
 - ``grad_x_input``: input gradient x input of the image-text cosine, summed over channels,
   positive part, smoothed over about half a patch.
+- ``gradient``: the input gradient's magnitude (the saliency map of Simonyan et al., 2014: how much
+  each pixel can move the image-text cosine), summed over channels and smoothed like ``grad_x_input``;
+  unlike it, not weighted by the pixel's own value, so dark lung and bright bone count alike.
 
 The token maps are a ``g x g`` grid (g = image size / patch size) upsampled bilinearly; every map is
 then placed on the model's input window of the original image (resize + centre crop, as the
@@ -33,9 +36,10 @@ if TYPE_CHECKING:
     from PIL import Image
     from transformers import CLIPModel, CLIPProcessor
 
-METHODS = ("patch", "gradcam", "grad_x_input")
+METHODS = ("patch", "gradcam", "grad_x_input", "gradient")
 NEUTRAL_TEXT = "No acute cardiopulmonary process."  # maps show text minus this normal impression (see Explainer)
-DEFAULT_METHOD = "grad_x_input"  # best on the demo validation split (README); a run's own grounding.json overrides it
+DEFAULT_METHOD = "gradient"  # best on the demo validation split (README); a run's own grounding.json overrides it
+_PIXEL_METHODS = ("grad_x_input", "gradient")  # maps at pixel resolution (no patch-grid shifting)
 GROUNDING_FILE = "grounding.json"  # under the run's metrics/
 
 
@@ -137,7 +141,7 @@ class Explainer:
         """
         import torch.nn.functional as F
 
-        if method == "grad_x_input" or self.shifts <= 1:
+        if method in _PIXEL_METHODS or self.shifts <= 1:
             return self._single_maps(pixel_values, text, method)
         p = self.patch_size
         h, w = pixel_values.shape[-2:]
@@ -190,12 +194,15 @@ class Explainer:
             cam = torch.relu((acts * weights).sum(-1))
             g = self._grid(pixel_values)
             return F.interpolate(cam.reshape(-1, 1, g, g), size=size, mode="bilinear", align_corners=False)[:, 0]
-        if method == "grad_x_input":
+        if method in _PIXEL_METHODS:
             x = pixel_values.detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 cos = self._cosine(x, text)
                 grads = torch.autograd.grad(cos.sum(), x)[0]
-            attribution = torch.relu((grads * x.detach()).sum(1, keepdim=True)).float()
+            if method == "gradient":
+                attribution = grads.abs().sum(1, keepdim=True).float()
+            else:
+                attribution = torch.relu((grads * x.detach()).sum(1, keepdim=True)).float()
             sigma = max(self.patch_size / 4, 1.0)
             radius = int(3 * sigma)
             t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)

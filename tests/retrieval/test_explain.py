@@ -76,6 +76,35 @@ def test_patch_map_is_the_projected_token_cosine(explainer, torch_one_thread):
     assert int(np.argmax(cosine.numpy())) == (y // 8) * 4 + x // 8  # the hottest pixel is in the best patch
 
 
+def test_gradient_map_is_the_smoothed_input_gradient_magnitude(explainer, torch_one_thread):
+    """The saliency map: |d cos(image, text) / d pixel| summed over channels, Gaussian-smoothed (sigma a quarter
+    patch, zero outside the image), checked against scipy's filter and a finite difference."""
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    from medxpert_utils.models.clip import image_features
+
+    plain = ex.Explainer(explainer.model, explainer.processor, 32, shifts=1, contrast=None)
+    img = _image(32, 32, seed=3)
+    heat = plain.explain(img, "large right pneumothorax", "gradient")
+    text = plain.text_embeddings(["large right pneumothorax"])[0]
+    pixels = plain.transform(img)[None].clone().requires_grad_(True)
+
+    def cosine(x):
+        return (F.normalize(image_features(plain.model, x).float(), dim=-1) * text).sum()
+
+    grad = torch.autograd.grad(cosine(pixels), pixels)[0][0]
+    expected = gaussian_filter(grad.abs().sum(0).numpy(), sigma=8 / 4, mode="constant", truncate=3.0)
+    assert np.allclose(heat, expected, atol=1e-6)
+    y, x = 16, 10  # the autograd gradient is the cosine's slope: a central difference agrees
+    with torch.no_grad():
+        bump = torch.zeros_like(pixels)
+        bump[0, :, y, x] = 1e-2
+        slope = (cosine(pixels + bump) - cosine(pixels - bump)) / 2e-2
+    assert float(slope) == pytest.approx(float(grad[:, y, x].sum()), rel=0.05, abs=1e-5)
+
+
 def test_contrast_subtracts_the_normal_impression(explainer):
     with_contrast = explainer.text_embeddings(["left pleural effusion"]).numpy()
     plain = ex.Explainer(explainer.model, explainer.processor, 32, contrast=None)
