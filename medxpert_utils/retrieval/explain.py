@@ -1,7 +1,7 @@
 """Where a text matches an image: similarity maps of a text over an image from a run's CLIP model.
 
 ``Explainer(model, processor).explain(image, text)`` returns a float32 heatmap with the image's
-own height and width (higher = more similar), by one of three methods:
+own height and width (higher = more similar), by one of four methods:
 
 - ``patch``: every patch token of the last vision block goes through the post-layernorm and the
   visual projection, like the pooled token does, and its cosine with the text embedding is the
