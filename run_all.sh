@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MedXpert: one command for the whole chain, the tests, the dashboard and sweeps.
 #
-#   ./run_all.sh [PARAMS] [--run NAME] [--from NN] [--only NN ...] [--until NN] [--set KEY=VALUE ...]
+#   ./run_all.sh [PARAMS] [--run NAME] [--from NN] [--only NN ...] [--until NN] [--set KEY=VALUE ...] [--parallel N]
 #   ./run_all.sh --test [PYTEST ARGS ...]
 #   ./run_all.sh --dashboard [--run NAME] [--port N]
 #   ./run_all.sh --sweep params/sweeps/NAME.yaml [--until NN] [--parallel N]

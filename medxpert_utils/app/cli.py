@@ -24,7 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medxpert_utils.app.pipeline import ChainFailed, run_chain
 
     try:
-        run_chain(args.params, args.run, parse_overrides(args.set), start=args.start, only=args.only, until=args.until)
+        run_chain(args.params, args.run, parse_overrides(args.set), start=args.start, only=args.only, until=args.until,
+                  parallel=args.parallel)
     except ChainFailed:
         return 1  # the pipeline already printed which notebook failed and where to look
     return 0
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="run only these notebook numbers")
     p.add_argument("--until", help="stop after this notebook number")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param, e.g. --set train.epochs=1")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="notebooks run at once, each when the ones it reads from are done (default: the params' "
+                        "parallel_notebooks)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("search", help="top-K similar cases for a text or image query")

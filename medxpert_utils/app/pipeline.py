@@ -1,13 +1,17 @@
 """The notebook chain: papermill runs each numbered notebook with the same PARAMS/RUN/OVERRIDES.
 
 Executed copies land in ``outputs/<run>/notebooks/``; status and wall time of each notebook,
-and the history of attempts, go to ``run.json``. The chain stops at the first failure and
-names the executed notebook to open.
+and the history of attempts, go to ``run.json``. A notebook starts once the notebooks it reads
+from (:data:`NEEDS`) have finished, so with ``parallel`` > 1 independent ones run side by side
+(the captioner trains while CLIP does); the results are the same either way. The chain starts
+nothing new after the first failure, lets the notebooks already running finish, and names the
+executed notebook to open.
 """
 
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import re
 import sys
@@ -26,6 +30,12 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 _NB = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 # Notebooks that are not steps of the chain: 07 compares finished runs and is run on its own.
 NOT_IN_CHAIN = {"07"}
+# What each notebook reads from the others: CLIP training and the captioner only need the data, the
+# evaluation and the reports only need the index (and the reports the captioner), the dashboard all of it.
+# A notebook not listed here waits for every selected notebook before it.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "00": (), "01": ("00",), "02": ("01",), "03": ("02",), "04": ("00",), "05": ("02", "04"), "06": ("03", "05"),
+}
 
 
 @dataclass(frozen=True)
@@ -80,13 +90,37 @@ def _default_log(message: str) -> None:
     print(message, flush=True)
 
 
+def waits_for(stages: list[Stage]) -> dict[str, set[str]]:
+    """For each selected stage, the selected stages it must wait for (:data:`NEEDS`, closed over the chain:
+    a notebook that needs an unselected one waits for what that one needed, as far as it was selected)."""
+    numbers = [s.number for s in stages]
+    chosen = set(numbers)
+    out: dict[str, set[str]] = {}
+    for i, number in enumerate(numbers):
+        if number not in NEEDS:
+            out[number] = set(numbers[:i])
+            continue
+        found: set[str] = set()
+        todo = list(NEEDS[number])
+        while todo:
+            need = todo.pop()
+            if need in chosen:
+                found.add(need)
+            elif need in NEEDS:
+                todo.extend(NEEDS[need])
+        out[number] = found
+    return out
+
+
 def run_chain(params: str | os.PathLike = "params/demo.yaml", run: str | os.PathLike | None = None,
               overrides: Mapping[str, Any] | None = None, start: str | None = None,
               only: list[str] | str | None = None, until: str | None = None,
-              log: Callable[[str], None] = _default_log, kernel_name: str | None = None) -> Config:
-    """Run the notebook chain; returns the Config of the run. Raises :class:`ChainFailed` on a failure."""
-    import papermill as pm
+              log: Callable[[str], None] = _default_log, kernel_name: str | None = None,
+              parallel: int | None = None) -> Config:
+    """Run the notebook chain; returns the Config of the run. Raises :class:`ChainFailed` on a failure.
 
+    ``parallel`` (default: the params' ``parallel_notebooks``) is how many notebooks may run at once.
+    """
     cfg = load(params, run, overrides)
     # The kernel spec's "python" must be this interpreter (a .venv's), not whatever PATH finds first.
     bindir = str(Path(sys.executable).parent)
@@ -95,6 +129,9 @@ def run_chain(params: str | os.PathLike = "params/demo.yaml", run: str | os.Path
     stages = select(discover(), start, only, until, cfg.params.stages)
     if not stages:
         raise UserError("no notebook selected - check --from/--only/--until and the params' stages list")
+    workers = int(parallel if parallel is not None else cfg.params.parallel_notebooks)
+    if workers < 1:
+        raise UserError(f"--parallel {workers}: pass 1 (one notebook at a time) or more")
     runs.prepare(cfg)
     info = runs.read(cfg.run_dir)
     attempts = info.get("attempts", [])
@@ -104,34 +141,89 @@ def run_chain(params: str | os.PathLike = "params/demo.yaml", run: str | os.Path
     runs.update(cfg.run_dir, attempts=attempts)
     log(f"MedXpert run '{cfg.run_name}' ({cfg.params.profile}) -> {cfg.run_dir}")
     total = time.perf_counter()
-    for stage in stages:
-        out = cfg.paths.notebooks / stage.path.name
-        log(f"> {stage.name} ...")
-        runs.record_stage(cfg.run_dir, stage.name, status="running", started=runs.now(), notebook=str(out))
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(stage.path), str(out),
-                parameters={"PARAMS": str(cfg.params_path), "RUN": str(cfg.run_dir),
-                            "OVERRIDES": dict(overrides or {})},
-                kernel_name=kernel_name or _kernel_name(), cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-                log_output=False, report_mode=False, kernel_manager_class=kernel_manager_class(),
-            )
-        except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
-            wall = time.perf_counter() - t0
-            reason = short_reason(exc)
-            runs.record_stage(cfg.run_dir, stage.name, status="failed", wall_s=round(wall, 1), error=reason,
-                              finished=runs.now())
-            _close_attempt(cfg, "failed")
-            log(f"x {stage.name} failed after {wall:.1f} s: {reason}")
-            log(f"  open the executed notebook to see where: {out}")
-            raise ChainFailed(stage.name, out, reason) from None
-        wall = time.perf_counter() - t0
-        runs.record_stage(cfg.run_dir, stage.name, status="ok", wall_s=round(wall, 1), finished=runs.now(), error=None)
-        log(f"  {stage.name} done in {wall:.1f} s")
+    kernel = kernel_name or _kernel_name()
+    failures = _schedule(cfg, stages, waits_for(stages), workers, kernel, dict(overrides or {}), log)
+    if failures:
+        _close_attempt(cfg, "failed")
+        stage, out, reason = failures[0]
+        log(f"  open the executed notebook to see where: {out}")
+        raise ChainFailed(stage.name, out, reason)
     _close_attempt(cfg, "ok")
     log(f"Run '{cfg.run_name}' finished in {time.perf_counter() - total:.1f} s; outputs in {cfg.run_dir}")
     return cfg
+
+
+def _schedule(cfg: Config, stages: list[Stage], waits: dict[str, set[str]], workers: int, kernel: str,
+              overrides: dict[str, Any], log: Callable[[str], None]) -> list[tuple[Stage, Path, str]]:
+    """Run ``stages`` as their ``waits`` allow, at most ``workers`` at once (in order of number among the
+    ready ones); after a failure start nothing new. Returns the failures (stage, executed notebook, reason).
+
+    One notebook at a time runs here; several run in worker processes (papermill's kernel clients each
+    want a process of their own), while this process alone records them in run.json.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    parameters = {"PARAMS": str(cfg.params_path), "RUN": str(cfg.run_dir), "OVERRIDES": overrides}
+    done: set[str] = set()
+    pending = list(stages)
+    running: dict[Future, tuple[Stage, float]] = {}
+    failures: list[tuple[Stage, Path, str]] = []
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) \
+        if workers > 1 else None
+
+    def start(stage: Stage) -> None:
+        out = cfg.paths.notebooks / stage.path.name
+        log(f"> {stage.name} ...")
+        runs.record_stage(cfg.run_dir, stage.name, status="running", started=runs.now(), notebook=str(out))
+        args = (str(stage.path), str(out), parameters, kernel, str(NOTEBOOKS_DIR))
+        if pool is None:
+            future: Future = Future()
+            future.set_result(_execute(*args))
+        else:
+            future = pool.submit(_execute, *args)
+        running[future] = (stage, time.perf_counter())
+
+    try:
+        while pending or running:
+            if not failures:
+                for stage in [s for s in pending if waits[s.number] <= done][:workers - len(running)]:
+                    pending.remove(stage)
+                    start(stage)
+            if not running:
+                break  # a failure left the rest waiting for it
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: running[f][0].number):
+                stage, t0 = running.pop(future)
+                wall = time.perf_counter() - t0
+                reason = future.result()
+                if reason is None:
+                    done.add(stage.number)
+                    runs.record_stage(cfg.run_dir, stage.name, status="ok", wall_s=round(wall, 1),
+                                      finished=runs.now(), error=None)
+                    log(f"  {stage.name} done in {wall:.1f} s")
+                else:
+                    runs.record_stage(cfg.run_dir, stage.name, status="failed", wall_s=round(wall, 1), error=reason,
+                                      finished=runs.now())
+                    log(f"x {stage.name} failed after {wall:.1f} s: {reason}")
+                    if running:
+                        log(f"  letting {', '.join(s.name for s, _ in running.values())} finish; starting nothing new")
+                    failures.append((stage, cfg.paths.notebooks / stage.path.name, reason))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return failures
+
+
+def _execute(notebook: str, out: str, parameters: dict[str, Any], kernel: str, cwd: str) -> str | None:
+    """Run one notebook with papermill. Returns None, or the failure's reason (one line)."""
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=False,
+                            log_output=False, report_mode=False, kernel_manager_class=kernel_manager_class())
+    except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
+        return short_reason(exc)
+    return None
 
 
 class ChainFailed(UserError):
@@ -165,7 +257,10 @@ def kernel_manager_class() -> type:
     folder avoid both the open ports and the warning. Kernels start with ``MEDXPERT_BATCH=1``, so
     progress bars print text that the executed notebook keeps (:mod:`medxpert_utils.core.progress`).
     """
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import default
 
     from medxpert_utils.core.progress import BATCH_ENV
@@ -177,6 +272,12 @@ def kernel_manager_class() -> type:
 
         async def _async_pre_start_kernel(self, **kw: Any) -> Any:
             kw["env"] = {**kw.get("env", os.environ), BATCH_ENV: "1"}
+            # Socket paths of this kernel alone: the default ("kernel-ipc-<n>" beside the notebook) is shared
+            # by every kernel started from the same folder, and kernels running at once then read each
+            # other's messages.
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            self.ip = str(runtime / f"kernel-{uuid.uuid4().hex[:16]}-ipc")
             return await super()._async_pre_start_kernel(**kw)
 
     return IPCKernelManager

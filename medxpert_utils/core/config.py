@@ -308,6 +308,8 @@ class Params(_Section):
     seed: int = Field(0, description="Seed for data generation, splits, training and bootstrap.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Torch device (auto: CUDA when present).")
     stages: list[str] | None = Field(None, description="Notebook numbers to run (None: all), e.g. ['00', '01'].")
+    parallel_notebooks: int = Field(1, ge=1, description="Notebooks the chain may run at once (each starts when "
+                                    "the ones it reads from have finished); results are the same either way.")
     data: DataParams = Field(default_factory=DataParams, description="Dataset source and split.")
     clip: ClipParams = Field(default_factory=ClipParams, description="CLIP model.")
     train: TrainParams = Field(default_factory=TrainParams, description="CLIP fine-tuning.")

@@ -1,9 +1,9 @@
 """The run record: ``outputs/<run>/run.json``.
 
 It holds the resolved params, git commit, package versions, the environment lock's hash, seed, data hash and, per
-notebook, status and wall time, plus the history of attempts. Every writer re-reads the
-file and replaces it atomically, so the pipeline and the notebook kernels it starts can
-both add to it.
+notebook, status and wall time, plus the history of attempts. Every writer takes a file lock
+(``run.json.lock``), re-reads the file and replaces it atomically, so the pipeline and the
+notebook kernels it starts (several at once with ``parallel_notebooks``) can all add to it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from medxpert_utils.core import io
 from medxpert_utils.core.config import Config
@@ -59,16 +61,25 @@ def read(run_dir: str | Path) -> dict[str, Any]:
     return io.read_json(path) if path.is_file() else {}
 
 
+def _locked(run_dir: Path) -> FileLock:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(run_dir / "run.json.lock", timeout=60)
+
+
 def update(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge top-level ``fields`` into run.json (dict values are merged one level deep)."""
     run_dir = Path(run_dir)
+    with _locked(run_dir):
+        return _merge(run_dir, fields)
+
+
+def _merge(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any]:
     info = read(run_dir)
     for key, value in fields.items():
         if isinstance(value, dict) and isinstance(info.get(key), dict):
             info[key] = {**info[key], **value}
         else:
             info[key] = value
-    run_dir.mkdir(parents=True, exist_ok=True)
     io.write_json(run_dir / "run.json", info)
     return info
 
@@ -101,10 +112,11 @@ def prepare(cfg: Config) -> Config:
 
 def record_stage(run_dir: str | Path, stage: str, **fields: Any) -> None:
     """Set status fields of one notebook (``stage`` is its file stem) in run.json."""
-    info = read(run_dir)
-    stages = info.get("stages", {})
-    stages[stage] = {**stages.get(stage, {}), **fields}
-    update(run_dir, stages=stages)
+    run_dir = Path(run_dir)
+    with _locked(run_dir):
+        stages = read(run_dir).get("stages", {})
+        stages[stage] = {**stages.get(stage, {}), **fields}
+        _merge(run_dir, {"stages": stages})
 
 
 def is_finished(run_dir: str | Path, through: str | None = None) -> bool:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -105,13 +106,20 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
     _notebook(folder / "00_transport.ipynb",
               "from pathlib import Path\nfrom ipykernel.connect import get_connection_info\n"
               "Path(RUN).mkdir(parents=True, exist_ok=True)\n"
-              "(Path(RUN) / 'transport.txt').write_text(get_connection_info(unpack=True)['transport'])\n"
+              "info = get_connection_info(unpack=True)\n"
+              "(Path(RUN) / 'transport.txt').write_text(info['transport'])\n"
+              "(Path(RUN) / 'ip.txt').write_text(info['ip'])\n"
               "from medxpert_utils.core.progress import tqdm\n"
               "for _ in tqdm(range(7), desc='steps'):\n    pass\n")
     monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
     monkeypatch.delenv("MEDXPERT_BATCH", raising=False)
     pipeline.run_chain("params/demo.yaml", run="ipc", log=lambda message: None)
     assert (isolated_dirs / "ipc" / "transport.txt").read_text() == "ipc"  # no TCP ports, no plain-text warning
+    # sockets of this kernel alone, under the Jupyter runtime folder (kernels running at once must not share them)
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    ip = Path((isolated_dirs / "ipc" / "ip.txt").read_text())
+    assert ip.parent == Path(jupyter_runtime_dir()) and ip.name.startswith("kernel-") and ip.name != "kernel-ipc"
     # batch kernels print text bars whose last state the executed notebook keeps (not a widget's "0%")
     executed = json.loads((isolated_dirs / "ipc" / "notebooks" / "00_transport.ipynb").read_text())
     outputs = [out for cell in executed["cells"] for out in cell.get("outputs", [])]
@@ -119,3 +127,86 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
     assert "steps: 100%" in text and "7/7" in text and "  0%" not in text
     assert not any(out["output_type"] == "display_data" for out in outputs)
     assert "MEDXPERT_BATCH" not in os.environ  # the caller's environment is left alone
+
+
+def test_waits_follow_what_each_notebook_reads(tmp_path, monkeypatch):
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    for name in ("00_a", "01_b", "02_c", "03_d", "04_e", "05_f", "06_g", "08_new"):
+        _notebook(folder / f"{name}.ipynb", "pass")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
+    stages = pipeline.discover()
+    waits = pipeline.waits_for(stages)
+    assert waits["01"] == {"00"} and waits["04"] == {"00"}  # the captioner does not wait for CLIP
+    assert waits["03"] == {"02"} and waits["05"] == {"02", "04"}  # evaluation and reports side by side
+    assert waits["06"] == {"03", "05"}
+    assert waits["08"] == {"00", "01", "02", "03", "04", "05", "06"}  # unknown: after everything before it
+    # a selection closes over what is left out: 05 alone waits for nothing, 02 + 05 makes 05 wait for 02
+    assert pipeline.waits_for(pipeline.select(stages, only=["05"])) == {"05": set()}
+    assert pipeline.waits_for(pipeline.select(stages, only=["02", "05"])) == {"02": set(), "05": {"02"}}
+    assert pipeline.waits_for(pipeline.select(stages, only=["00", "06"]))["06"] == {"00"}
+
+
+def _meet(me: str, other: str) -> str:
+    """Notebook body: mark ``me`` started, then wait (up to 60 s) for ``other`` to have started too."""
+    return ("import time\nfrom pathlib import Path\n"
+            "Path(RUN).mkdir(parents=True, exist_ok=True)\n"
+            f"(Path(RUN) / 'started-{me}').write_text('')\n"
+            "deadline = time.time() + 60\n"
+            f"while not (Path(RUN) / 'started-{other}').exists():\n"
+            "    assert time.time() < deadline, 'ran alone'\n"
+            "    time.sleep(0.05)\n"
+            f"if (Path(RUN) / 'fail-{me}').exists():\n"
+            f"    raise RuntimeError('boom in {me}')\n"
+            f"time.sleep(1.0 if '{me}' == '01' else 0)\n"
+            f"(Path(RUN) / 'done-{me}').write_text('')\n")
+
+
+@pytest.fixture()
+def forked_chain(tmp_path, monkeypatch):
+    """00, then 01 and 04 (both need only 00) which each wait for the other to start, then 05 (needs 04)."""
+    folder = tmp_path / "forked"
+    folder.mkdir()
+    _notebook(folder / "00_data.ipynb", "from pathlib import Path\nPath(RUN).mkdir(parents=True, exist_ok=True)\n")
+    _notebook(folder / "01_train.ipynb", _meet("01", "04"))
+    _notebook(folder / "04_caption.ipynb", _meet("04", "01"))
+    _notebook(folder / "05_report.ipynb", "from pathlib import Path\nassert (Path(RUN) / 'done-04').exists()\n"
+                                          "(Path(RUN) / 'done-05').write_text('')\n")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
+    monkeypatch.setitem(pipeline.NEEDS, "05", ("04",))  # here the report reads only the captions
+    return folder
+
+
+@pytest.mark.slow
+def test_independent_notebooks_run_side_by_side(forked_chain, isolated_dirs):
+    messages = []
+    pipeline.run_chain("params/demo.yaml", run="fork", parallel=2, log=messages.append)
+    run_dir = isolated_dirs / "fork"
+    assert all((run_dir / f"done-{n}").exists() for n in ("01", "04", "05"))  # 01 and 04 met, so ran at once
+    info = runs.read(run_dir)  # every writer's record survived the concurrent updates of run.json
+    assert {k: v["status"] for k, v in info["stages"].items()} == {
+        "00_data": "ok", "01_train": "ok", "04_caption": "ok", "05_report": "ok"}
+    assert info["attempts"][-1]["status"] == "ok" and info["params"]["profile"] == "demo"
+    assert messages[-1].startswith("Run 'fork' finished")
+
+
+@pytest.mark.slow
+def test_a_parallel_failure_lets_the_running_notebook_finish_and_starts_nothing_after(forked_chain, isolated_dirs):
+    run_dir = isolated_dirs / "fork2"
+    run_dir.mkdir()
+    (run_dir / "fail-04").write_text("")
+    messages = []
+    with pytest.raises(pipeline.ChainFailed) as info:
+        pipeline.run_chain("params/demo.yaml", run="fork2", parallel=2, log=messages.append)
+    assert info.value.stage == "04_caption" and "boom in 04" in info.value.reason
+    assert (run_dir / "done-01").exists()  # finished after 04 had failed (never lose finished work)
+    assert not (run_dir / "done-05").exists()  # needs the failed one: never started
+    assert str(run_dir / "notebooks" / "04_caption.ipynb") in messages[-1]
+    stages = runs.read(run_dir)["stages"]
+    assert stages["01_train"]["status"] == "ok" and stages["04_caption"]["status"] == "failed"
+    assert "05_report" not in stages
+
+
+def test_parallel_must_be_positive(fake_chain, isolated_dirs):
+    with pytest.raises(UserError, match="--parallel 0"):
+        pipeline.run_chain("params/demo.yaml", run="p0", parallel=0, log=lambda m: None)
