@@ -197,6 +197,9 @@ class ClassificationParams(_Section):
     pairs: dict[str, tuple[str, str]] = Field(
         {"No Finding": ("no acute cardiopulmonary process", "acute cardiopulmonary process")},
         description="Observation -> explicit [positive, negative] prompts (instead of the templates).")
+    locations: list[str] = Field(
+        [], description="Where a phrase has a {location} slot (e.g. '{location} pneumonia'), the prompt is CLIP's "
+                        "prompt ensemble over these locations: the mean of their normalised text embeddings.")
     min_positives: int = Field(10, ge=1, description="Observations with fewer test positives stay out of the mean.")
     probe_c: list[float] = Field([0.01, 0.1, 1.0, 10.0], min_length=1,
                                  description="Linear probe: values of C tried on the validation split.")

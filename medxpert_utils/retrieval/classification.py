@@ -5,7 +5,9 @@
   ``phrases`` or explicit ``pairs``); an image's score is the softmax over the pair of image-prompt similarities,
   a monotone function of ``sim(positive) - sim(negative)``, which is what the AUROC sees. Where params list
   several candidate phrases, each model uses the one with the best AUROC on the validation split (recorded under
-  ``prompts``); the test split never chooses.
+  ``prompts``); the test split never chooses. A phrase with a ``{location}`` slot ("{location} pneumonia") is a
+  prompt ensemble (CLIP's): its embedding is the normalised mean over ``eval.classification.locations``
+  ("right lower lobe pneumonia", "left upper lobe pneumonia", ...), for findings that reports always place.
 * **Linear probe** (CLIP_benchmark's): per observation a logistic regression (scikit-learn) on the frozen image
   embeddings of the training split, its inverse regularisation ``C`` chosen on the validation split by mean AUROC.
 * **Labels.** An image is positive for an observation when its label is 1; 0 and "not mentioned" (None) are
@@ -32,6 +34,7 @@ from medxpert_utils.retrieval.metrics import MODELS
 from medxpert_utils.retrieval.store import load_embeddings
 
 METHODS = ("zero_shot_prompts", "linear_probe")
+LOCATION = "{location}"  # the slot a phrase fills from eval.classification.locations (a prompt ensemble)
 DEFINITIONS = (
     "Zero-shot: softmax over a positive and a negative prompt per observation (CheXzero), scored as "
     "sim(positive) - sim(negative). Linear probe: logistic regression on frozen training-split image embeddings, C "
@@ -113,8 +116,17 @@ def prompt_candidates(cfg: Config) -> dict[str, list[tuple[str, str]]]:
             continue
         entry = params.phrases.get(label, label.lower())
         phrases = [entry] if isinstance(entry, str) else list(entry)
-        out[label] = [(params.positive.format(finding=ph), params.negative.format(finding=ph)) for ph in phrases]
+        out[label] = [(params.positive.format(finding=ph, location=LOCATION),
+                       params.negative.format(finding=ph, location=LOCATION)) for ph in phrases]
+    if not params.locations and any(LOCATION in t for options in out.values() for pair in options for t in pair):
+        raise ConfigError("eval.classification: a prompt has a {location} slot but eval.classification.locations "
+                          "is empty - list the locations, e.g. [right lower lobe, left lower lobe]")
     return out
+
+
+def expand_locations(text: str, locations: Sequence[str]) -> list[str]:
+    """The prompts a (possibly ``{location}``-slotted) text stands for: one per location, or the text itself."""
+    return [text.replace(LOCATION, loc) for loc in locations] if LOCATION in text else [text]
 
 
 def prompt_scores(image: np.ndarray, positive_text: np.ndarray, negative_text: np.ndarray) -> np.ndarray:
@@ -123,13 +135,25 @@ def prompt_scores(image: np.ndarray, positive_text: np.ndarray, negative_text: n
 
 
 def embed_prompts(cfg: Config, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Text embedding of each distinct prompt with the run's ``model``."""
+    """Unit text embedding of each distinct prompt with the run's ``model``; a ``{location}`` prompt's is the
+    normalised mean of its expansions' (:func:`expand_locations`)."""
     from medxpert_utils.retrieval.encoders import embed_texts
 
-    distinct = sorted(set(texts))
+    locations = cfg.eval.classification.locations
+    keys = sorted(set(texts))
+    distinct = sorted({e for t in keys for e in expand_locations(t, locations)})
     net, processor = clip.load_clip(clip.model_specs(cfg)[model], device="cpu")
-    vectors = embed_texts(net, processor, distinct, max_length=cfg.clip.max_length, device="cpu", progress=False)
-    return dict(zip(distinct, vectors))
+    vectors = dict(zip(distinct, embed_texts(net, processor, distinct, max_length=cfg.clip.max_length, device="cpu",
+                                             progress=False)))
+    out = {}
+    for key in keys:
+        expanded = expand_locations(key, locations)
+        if len(expanded) == 1:
+            out[key] = vectors[expanded[0]]
+            continue
+        mean = np.mean([vectors[e] for e in expanded], axis=0)
+        out[key] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+    return out
 
 
 def choose_prompts(candidates: dict[str, list[tuple[str, str]]], vectors: dict[str, np.ndarray],
@@ -243,6 +267,7 @@ def evaluate_classification(run: str | Path | Config, write: bool = False) -> di
     result: dict[str, Any] = {
         "split": cfg.embed.eval_split,
         "prompt_candidates": {label: [list(pair) for pair in options] for label, options in candidates.items()},
+        "locations": list(params.locations),
         "min_positives": params.min_positives,
         "bootstrap": cfg.eval.bootstrap,
         "seed": cfg.seed,

@@ -66,6 +66,34 @@ def test_prompt_pairs_from_templates_phrases_and_explicit_pairs():
     assert fixed["Edema"] == [("edema", "normal chest radiograph")]
 
 
+def test_location_slots_expand_and_need_locations():
+    cfg = _cfg(phrases={"Pneumonia": ["pneumonia", "{location} pneumonia"]}, negative="no {finding}",
+               locations=["right lower lobe", "left upper lobe"])
+    assert classification.prompt_candidates(cfg)["Pneumonia"] == [("pneumonia", "no pneumonia"),
+                                                                  ("{location} pneumonia", "no {location} pneumonia")]
+    assert classification.expand_locations("{location} pneumonia", ["right lower lobe", "left upper lobe"]) == [
+        "right lower lobe pneumonia", "left upper lobe pneumonia"]
+    assert classification.expand_locations("pneumonia", ["right lower lobe"]) == ["pneumonia"]
+    with pytest.raises(config.ConfigError, match="locations is empty"):
+        classification.prompt_candidates(_cfg(phrases={"Pneumonia": "{location} pneumonia"}, locations=[]))
+
+
+def test_a_location_prompt_is_the_normalised_mean_of_its_expansions(smoke_run):
+    from medxpert_utils.models import clip
+    from medxpert_utils.retrieval.encoders import embed_texts
+
+    cfg = config.from_run(smoke_run)
+    cfg.params.eval.classification.locations = ["right lower lobe", "left upper lobe", "right middle lobe"]
+    vectors = classification.embed_prompts(cfg, "fine_tuned", ["{location} pneumonia", "pneumonia"])
+    net, processor = clip.load_clip(clip.model_specs(cfg)["fine_tuned"], device="cpu")
+    texts = ["right lower lobe pneumonia", "left upper lobe pneumonia", "right middle lobe pneumonia", "pneumonia"]
+    direct = embed_texts(net, processor, texts, max_length=cfg.clip.max_length, device="cpu", progress=False)
+    mean = direct[:3].mean(0)
+    assert np.allclose(vectors["{location} pneumonia"], mean / np.linalg.norm(mean), atol=1e-6)
+    assert np.array_equal(vectors["pneumonia"], direct[3])  # a plain prompt is its own embedding
+    assert not np.allclose(vectors["{location} pneumonia"], direct[0], atol=1e-3)  # an ensemble, not one wording
+
+
 def test_prompt_phrase_for_an_unknown_observation_is_one_line_error():
     with pytest.raises(config.ConfigError, match="'Effusion' is not one of the 14 observations"):
         classification.prompt_candidates(_cfg(phrases={"Effusion": "effusion"}))
