@@ -263,10 +263,15 @@ class Assistant:
         with self.lock:
             return explainer.explain(image, text, method or selected_method(self.run_dir))
 
+    @staticmethod
+    def finding_phrases(report: DiagnosisReport) -> list[str]:
+        """The phrases of ``report``'s present or uncertain findings ("left pleural effusion"), each once."""
+        return list(dict.fromkeys(finding_phrase(f) for f in report.findings if f.status != "absent"))
+
     def explain_findings(self, image: Any, report: DiagnosisReport, model: str = "fine_tuned",
                          method: str | None = None) -> dict[str, "np.ndarray"]:
         """One map per present or uncertain finding of ``report``, keyed by its phrase ("left pleural effusion")."""
-        phrases = list(dict.fromkeys(finding_phrase(f) for f in report.findings if f.status != "absent"))
+        phrases = self.finding_phrases(report)
         if not phrases:
             return {}
         explainer = self.explainer(model)

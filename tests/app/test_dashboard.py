@@ -104,13 +104,12 @@ class FakeAssistant:
     def explain(self, image, text, model="fine_tuned", method=None):
         self.calls.append(("explain", text))
         w, h = image.size
-        return np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))  # hottest at the image's right edge
+        ramp = np.linspace(0, 1, w, dtype=np.float32)  # a question's map is hottest at the right edge, a finding's
+        return np.tile(ramp if text.endswith("?") else ramp[::-1], (h, 1))  # at the left
 
-    def explain_findings(self, image, report, model="fine_tuned", method=None):
-        self.calls.append(("explain_findings", len(report.findings)))
-        w, h = image.size
-        return {f"{f.location} {f.name.lower()}": np.tile(np.linspace(1, 0, w, dtype=np.float32), (h, 1))
-                for f in report.findings if f.status != "absent"}
+    @staticmethod
+    def finding_phrases(report):
+        return [f"{f.location} {f.name.lower()}" for f in report.findings if f.status != "absent"]
 
     def write_report(self, hits, *, image=None, text=None, question=None, caption=None, k=None, generator="auto",
                      cache=True):
@@ -254,7 +253,7 @@ def test_upload_corrupt_then_good(isolated_dirs):
     assert "right pleural effusion" in board.caption.value
     assert board.gallery.value.count('class="mx-card"') == 4
     assert "Question:" in board.report_view.value and "is there an effusion?" in board.report_view.value
-    search, caption, report = board.assistant.calls[-5:-2]
+    search, caption, report = [c for c in board.assistant.calls if c[0] in ("search", "caption", "report")][-3:]
     assert search[3] is True and search[4] is None  # searched by image; the text became the question
     assert report == ("report", "offline", "is there an effusion?", "right pleural effusion")
     assert set(board.timings) == {"check", "search", "caption", "report", "heatmaps", "total"}
@@ -516,6 +515,7 @@ def test_upload_shows_a_heatmap_per_query_and_finding(isolated_dirs):
     assert board.heat_choice.layout.display == ""
     assert list(board.heat_choice.options) == ["off", "query: is there an effusion?", "right pleural effusion"]
     assert ("explain", "is there an effusion?") in board.assistant.calls
+    assert ("explain", "right pleural effusion") not in board.assistant.calls  # a finding's map waits for its toggle
     plain = np.asarray(board.image.convert("RGB")).astype(int)
 
     def shown() -> np.ndarray:
@@ -532,9 +532,14 @@ def test_upload_shows_a_heatmap_per_query_and_finding(isolated_dirs):
     assert warmth(finding_map, slice(0, 4)) > 20 and "right pleural effusion" in _text(board.heat_note)
     board.heat_choice.value = "off"
     assert np.abs(shown() - plain).max() <= 1 and board.heat_note.value == ""
+    board.heat_choice.value = "right pleural effusion"  # chosen again: the kept map, not a second computation
+    assert np.array_equal(shown(), finding_map)
+    assert board.assistant.calls.count(("explain", "right pleural effusion")) == 1
 
     board.clear_button.click()
     assert board.heatmaps == {} and board.heat_choice.layout.display == "none"
     board.query.value = "pleural effusion"  # a text query has no query image: no heatmap
+    before = len(board.assistant.calls)
     board.search_button.click()
-    assert board.heat_choice.layout.display == "none" and not any(c[0] == "explain" for c in board.assistant.calls[-3:])
+    assert board.heat_choice.layout.display == "none"
+    assert not any(c[0] == "explain" for c in board.assistant.calls[before:])

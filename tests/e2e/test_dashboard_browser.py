@@ -227,6 +227,14 @@ def test_dashboard_in_chromium(voila_url, browser, served_run, tmp_path):
         page.get_by_role("button", name="query: left pleural effusion").click()
         page.locator(".mx-heat").wait_for(state="visible", timeout=HANG_S * 1000)
         _wait_colour(page, coloured=True)
+        # a finding of the report: its map is computed when its toggle is first chosen
+        toggles = page.locator(".mx-heat-choice button")
+        names = [toggles.nth(i).inner_text().strip() for i in range(toggles.count())]
+        findings = [n for n in names if n != "off" and not n.startswith("query:")]
+        assert findings, f"the report of the uploaded film names no finding to locate: {names}"
+        page.get_by_role("button", name=findings[0], exact=True).click()
+        page.locator(".mx-heat", has_text=findings[0]).wait_for(state="visible", timeout=HANG_S * 1000)
+        _wait_colour(page, coloured=True)
         page.locator("textarea").fill("")
 
         # a corrupt upload: a one-line message, no traceback; the next good upload works

@@ -111,8 +111,10 @@ class Dashboard:
         self.heat_choice = widgets.ToggleButtons(options=[HEAT_OFF], value=HEAT_OFF, description="Show where",
                                                  style={"button_width": "auto", "description_width": "80px"})
         self.heat_choice.layout.display = "none"
+        self.heat_choice.add_class("mx-heat-choice")
         self.heat_note = widgets.HTML()
         self.heatmaps: dict[str, Any] = {}
+        self.heat_model = "fine_tuned"
         self.caption = widgets.HTML()
         self.gallery = widgets.HTML()
         self.report_view = widgets.HTML()
@@ -132,7 +134,7 @@ class Dashboard:
         self.clear_button.on_click(self._on_clear)
         self.show_hits_button.on_click(self._on_show_hits)
         self.query.observe(lambda change: self._set_error(""), names="value")
-        self.heat_choice.observe(lambda change: self.show_heatmap(change["new"]), names="value")
+        self.heat_choice.observe(lambda change: self._guard(lambda: self.show_heatmap(change["new"])), names="value")
         self.recorder.observe(self._on_recording, names="count")
         self.recorder.observe(self._on_recorder_error, names="error")
         self.audio_upload.observe(self._on_audio_upload, names="value")
@@ -373,35 +375,41 @@ class Dashboard:
             self.status.value = done  # empty when a step failed: its message is on the error line
 
     def locate(self, image: Image.Image, text: str, report: Any, model: str) -> None:
-        """Heatmaps over the query image for the typed text and each finding of the report (one toggle each);
-        shows the typed text's."""
+        """Heatmaps over the query image for the typed text and each finding of the report (one toggle each):
+        the typed text's is computed and shown at once, a finding's when its toggle is first chosen."""
         maps: dict[str, Any] = {}
         try:
             if text:
                 maps[f"{HEAT_QUERY}{text[:40]}"] = self.assistant.explain(image, text, model=model)
-            if report is not None:
-                maps.update(self.assistant.explain_findings(image, report, model=model))
         except UserError as exc:
             self.heat_note.value = f'<p class="mx-note">No heatmap: {esc(exc)}</p>'
             return
-        self.heatmaps = maps
-        if not maps:
+        findings = [p for p in (self.assistant.finding_phrases(report) if report is not None else []) if p not in maps]
+        self.heatmaps, self.heat_model = maps, model
+        if not maps and not findings:
             self.heat_note.value = '<p class="mx-note">No heatmap: no query text and no finding in the report.</p>'
             return
-        # the typed question's map is shown at once; finding maps wait for their toggle
-        first = next((name for name in maps if name.startswith(HEAT_QUERY)), HEAT_OFF)
-        self.heat_choice.options = [HEAT_OFF, *maps]
+        first = next(iter(maps), HEAT_OFF)
+        self.heat_choice.options = [HEAT_OFF, *maps, *findings]
         self.heat_choice.layout.display = ""
         self.heat_choice.value = first
         self.show_heatmap(first)
 
     def show_heatmap(self, choice: str) -> None:
-        """Show the query image with the chosen heatmap blended on top (or plain, for 'off')."""
+        """Show the query image with the chosen heatmap blended on top (or plain, for 'off'); a finding's map is
+        computed the first time its toggle is chosen, then kept."""
         from medxpert_utils.retrieval.explain import normalise
         from medxpert_utils.viz.plots import heatmap_overlay
 
         if self.image is None:
             return
+        if choice != HEAT_OFF and choice not in self.heatmaps and choice in self.heat_choice.options:
+            try:
+                self.heatmaps[choice] = self.assistant.explain(self.image, choice, model=self.heat_model)
+            except UserError as exc:
+                self.query_image.value = png_bytes(self.image)
+                self.heat_note.value = f'<p class="mx-note">No heatmap: {esc(exc)}</p>'
+                return
         heat = self.heatmaps.get(choice)
         if heat is None:
             self.query_image.value = png_bytes(self.image)
