@@ -255,7 +255,8 @@ def kernel_manager_class() -> type:
     The kernel and papermill share this machine, and ipykernel warns at every start that TCP
     without CurveZMQ keys sends everything in plain text; Unix sockets under the Jupyter runtime
     folder avoid both the open ports and the warning. Kernels start with ``MEDXPERT_BATCH=1``, so
-    progress bars print text that the executed notebook keeps (:mod:`medxpert_utils.core.progress`).
+    progress bars print text that the executed notebook keeps (:mod:`medxpert_utils.core.progress`), and
+    with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it (kernels running at once share the cores).
     """
     import uuid
 
@@ -271,7 +272,10 @@ def kernel_manager_class() -> type:
             return "ipc"
 
         async def _async_pre_start_kernel(self, **kw: Any) -> Any:
-            kw["env"] = {**kw.get("env", os.environ), BATCH_ENV: "1"}
+            env = kw.get("env", os.environ)
+            # Spinning OpenMP threads of two kernels sharing the cores slow each several-fold (and a training's
+            # time budget would then plan a shorter schedule): wait passively unless the caller chose otherwise.
+            kw["env"] = {**env, BATCH_ENV: "1", "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
             # Socket paths of this kernel alone: the default ("kernel-ipc-<n>" beside the notebook) is shared
             # by every kernel started from the same folder, and kernels running at once then read each
             # other's messages.

@@ -58,3 +58,28 @@ def plan_steps(budget_s: float, steps_per_epoch: int, epochs: int, step_s: float
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost(mid) <= budget_s else (lo, mid - 1)
     return lo
+
+
+class Pace:
+    """The pace a time budget re-plans by: the median seconds per optimiser step over windows of ``window`` steps.
+
+    :meth:`add` returns a window's median when it completes, else None; the first window (image cache
+    filling, warm-up, other programs starting beside this one) only warms up and returns None. A stall
+    shorter than half a window does not move a median, so it cannot cut a schedule that still fits.
+    """
+
+    def __init__(self, window: int):
+        self.window = max(1, int(window))
+        self.times: list[float] = []
+        self.warm = False
+
+    def add(self, seconds: float) -> float | None:
+        self.times.append(float(seconds))
+        if len(self.times) < self.window:
+            return None
+        times, self.times = sorted(self.times), []
+        if not self.warm:
+            self.warm = True
+            return None
+        mid = len(times) // 2
+        return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2

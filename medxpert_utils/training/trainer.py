@@ -58,7 +58,7 @@ from medxpert_utils.core import io, runtime
 from medxpert_utils.core.distributed import Distributed
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.training.loss import clip_loss, label_aware_targets, retrieval_recall, retrieval_top1
-from medxpert_utils.training.schedule import LRSchedule, param_groups, plan_steps
+from medxpert_utils.training.schedule import LRSchedule, Pace, param_groups, plan_steps
 from medxpert_utils.training.state import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -95,6 +95,8 @@ def selection_score(metrics: dict[str, Any], criterion: str) -> float:
         raise ValueError(f"unknown selection criterion {criterion!r} - choose one of {', '.join(SELECT_BY)}")
     return float("-inf") if value is None or math.isnan(value) else float(value)
 _PROBE_BATCHES = 4
+# steps per pace window of the time budget (at most an epoch): re-plans follow a window's median step time
+PACE_WINDOW = 50
 
 
 class TrainingInterrupted(RuntimeError):
@@ -308,11 +310,13 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
 
     def _replan(self, step_s: float) -> None:
-        """Time budget: fit the schedule's remaining length to the pace measured so far.
+        """Time budget: fit the schedule's remaining length to the pace ``step_s`` measured so far.
 
         The first plan comes from a short probe; a shared machine can speed up or slow down by
         several times, and a schedule that is cut by the clock ends with its learning rate still
-        high. Adjusted only when off by more than 10%, never past the step/epoch limits.
+        high. The pace is a window's median step time (:class:`~medxpert_utils.training.schedule.Pace`),
+        so a stall of a few steps leaves a schedule that still fits alone (and the run's result with it).
+        Adjusted only when off by more than 10%, never past the step/epoch limits.
         """
         remaining = self.tp.max_minutes * 60 * 0.95 - self.elapsed()
         more = 0
@@ -425,6 +429,7 @@ class _Trainer:
         sampler = self.train_loader.batch_sampler
         n_batches = sampler.batches_per_epoch()
         recent, step_time = None, 0.0  # seconds per optimiser step (moving average), this step so far
+        pace = Pace(min(self.steps_per_epoch, PACE_WINDOW))  # what the time budget re-plans by
         while self.epoch < self.tp.epochs and self.step < self.planned_steps:
             sampler.set_epoch(self.epoch, self.batch_in_epoch)
             bar = tqdm(total=n_batches, initial=self.batch_in_epoch, disable=not (self.progress and self.is_main),
@@ -460,9 +465,10 @@ class _Trainer:
                     tick = now
                     if at_step:
                         recent = step_time if recent is None else 0.7 * recent + 0.3 * step_time
+                        measured = pace.add(step_time)
                         self.step_seconds, step_time = recent, 0.0
-                        if self.tp.max_minutes is not None:
-                            self._replan(recent)
+                        if self.tp.max_minutes is not None and measured is not None:
+                            self._replan(measured)
                     bar.update(1)
                     bar.set_postfix(loss=f"{stats['loss_sum'] / max(1, stats['loss_n']):.3f}",
                                     pairs_s=f"{stats['pairs'] / max(stats['seconds'], 1e-9):.0f}")

@@ -109,12 +109,15 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
               "info = get_connection_info(unpack=True)\n"
               "(Path(RUN) / 'transport.txt').write_text(info['transport'])\n"
               "(Path(RUN) / 'ip.txt').write_text(info['ip'])\n"
+              "import os\n(Path(RUN) / 'omp.txt').write_text(os.environ.get('OMP_WAIT_POLICY', ''))\n"
               "from medxpert_utils.core.progress import tqdm\n"
               "for _ in tqdm(range(7), desc='steps'):\n    pass\n")
     monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
     monkeypatch.delenv("MEDXPERT_BATCH", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     pipeline.run_chain("params/demo.yaml", run="ipc", log=lambda message: None)
     assert (isolated_dirs / "ipc" / "transport.txt").read_text() == "ipc"  # no TCP ports, no plain-text warning
+    assert (isolated_dirs / "ipc" / "omp.txt").read_text() == "PASSIVE"  # kernels sharing cores do not spin
     # sockets of this kernel alone, under the Jupyter runtime folder (kernels running at once must not share them)
     from jupyter_core.paths import jupyter_runtime_dir
 

@@ -438,3 +438,15 @@ def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path, mani
     assert any("already finished" in m for m in messages)
     assert again["processes"] == 2 and again["history"] == ddp["history"]
     assert io.read_json(cfg.paths.metrics / "train.json")["history"] == ddp["history"]
+
+
+def test_pace_ignores_the_warm_up_window_and_short_stalls():
+    pace = lr_schedule.Pace(5)
+    assert [pace.add(s) for s in (4.0, 4.0, 4.0, 0.2, 0.2)] == [None] * 5  # the first window only warms up
+    stalled = [pace.add(s) for s in (0.2, 3.0, 0.2, 0.2, 3.0)]  # two slow steps of five: the median holds
+    assert stalled[:4] == [None] * 4 and stalled[4] == pytest.approx(0.2)
+    slowed = [pace.add(s) for s in (1.0, 1.1, 0.9, 1.0, 1.2)]  # a machine that really slowed down: re-plan by it
+    assert slowed[4] == pytest.approx(1.0)
+    even = lr_schedule.Pace(2)
+    even.add(9.0), even.add(9.0)
+    assert even.add(1.0) is None and even.add(3.0) == pytest.approx(2.0)
