@@ -71,8 +71,10 @@ bootstrap_venv() {
   [ -d "$links" ] && find=(--find-links "$links")  # where torch's CPU wheel lies on disk, if it does
   # Exact versions with hashes (torch is its CPU build), installed by uv (itself pinned with hashes: ~10x faster
   # than pip); pip installs the same lock where uv cannot. Then this checkout, without resolving anything else.
+  # Bytecode is compiled at install, as pip does (uv does not by default): where PYTHONDONTWRITEBYTECODE is set,
+  # every kernel would otherwise compile torch and transformers again (imports twice as slow).
   if .venv/bin/python -m pip install -q --require-hashes -r requirements/bootstrap.txt >&2 \
-     && .venv/bin/python -m uv pip install -q --python .venv/bin/python --require-hashes "${find[@]}" -r "$lock" >&2; then
+     && .venv/bin/python -m uv pip install -q --python .venv/bin/python --require-hashes --compile-bytecode "${find[@]}" -r "$lock" >&2; then
     :
   else
     echo "run_all.sh: uv could not install the lock - installing it with pip (slower)" >&2
