@@ -176,12 +176,13 @@ def _schedule(cfg: Config, stages: list[Stage], waits: dict[str, set[str]], work
         log(f"> {stage.name} ...")
         runs.record_stage(cfg.run_dir, stage.name, status="running", started=runs.now(), notebook=str(out))
         args = (str(stage.path), str(out), parameters, kernel, str(NOTEBOOKS_DIR))
-        if pool is None:
+        t0 = time.perf_counter()
+        if pool is None:  # one at a time: run it here, now
             future: Future = Future()
             future.set_result(_execute(*args))
         else:
             future = pool.submit(_execute, *args)
-        running[future] = (stage, time.perf_counter())
+        running[future] = (stage, t0)
 
     try:
         while pending or running:

@@ -46,14 +46,15 @@ def _log(run_dir):
 @pytest.mark.slow
 def test_chain_runs_in_order_and_records_status(fake_chain, isolated_dirs):
     messages = []
-    cfg = pipeline.run_chain("params/demo.yaml", run="r1", overrides={"seed": 5}, log=messages.append)
+    cfg = pipeline.run_chain("params/demo.yaml", run="r1", overrides={"seed": 5}, log=messages.append,
+                             parallel=1)  # one at a time, in this process
     run_dir = isolated_dirs / "r1"
     assert cfg.run_dir == run_dir
     assert _log(run_dir) == ["00", "01", "02"]
     info = runs.read(run_dir)
     assert {k: v["status"] for k, v in info["stages"].items()} == {
         "00_first": "ok", "01_second": "ok", "02_third": "ok"}
-    assert all(v["wall_s"] >= 0 for v in info["stages"].values())
+    assert all(v["wall_s"] >= 0.5 for v in info["stages"].values())  # a kernel's start alone takes longer
     assert info["params"]["profile"] == "demo" and info["overrides"] == {"seed": 5}
     assert info["attempts"][-1]["status"] == "ok"
     assert (run_dir / "notebooks" / "01_second.ipynb").is_file()
@@ -190,6 +191,7 @@ def test_independent_notebooks_run_side_by_side(forked_chain, isolated_dirs):
     assert {k: v["status"] for k, v in info["stages"].items()} == {
         "00_data": "ok", "01_train": "ok", "04_caption": "ok", "05_report": "ok"}
     assert info["attempts"][-1]["status"] == "ok" and info["params"]["profile"] == "demo"
+    assert all(v["wall_s"] >= 0.5 for v in info["stages"].values())
     assert messages[-1].startswith("Run 'fork' finished")
 
 
