@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +78,8 @@ class Pace:
         self.times.append(float(seconds))
         if len(self.times) < self.window:
             return None
-        times, self.times = sorted(self.times), []
+        times, self.times = self.times, []
         if not self.warm:
             self.warm = True
             return None
-        mid = len(times) // 2
-        return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+        return statistics.median(times)

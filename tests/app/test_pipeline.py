@@ -64,14 +64,20 @@ def test_chain_runs_in_order_and_records_status(fake_chain, isolated_dirs):
     assert any("00_first done in" in m for m in messages)
 
 
+def _failed_run(runs_root, name: str, marker: str, **kwargs):
+    """Run the chain into a run folder holding ``marker`` (the file a notebook fails on); expect ChainFailed."""
+    run_dir = runs_root / name
+    run_dir.mkdir()
+    (run_dir / marker).write_text("")
+    messages: list[str] = []
+    with pytest.raises(pipeline.ChainFailed) as info:
+        pipeline.run_chain("params/demo.yaml", run=name, log=messages.append, **kwargs)
+    return run_dir, messages, info
+
+
 @pytest.mark.slow
 def test_failure_stops_names_the_notebook_and_resume_continues(fake_chain, isolated_dirs):
-    run_dir = isolated_dirs / "r2"
-    run_dir.mkdir()
-    (run_dir / "fail").write_text("")
-    messages = []
-    with pytest.raises(pipeline.ChainFailed) as info:
-        pipeline.run_chain("params/demo.yaml", run="r2", log=messages.append)
+    run_dir, messages, info = _failed_run(isolated_dirs, "r2", "fail")
     assert info.value.stage == "01_second"
     assert str(run_dir / "notebooks" / "01_second.ipynb") in messages[-1]
     assert "boom in 01" in info.value.reason
@@ -197,12 +203,7 @@ def test_independent_notebooks_run_side_by_side(forked_chain, isolated_dirs):
 
 @pytest.mark.slow
 def test_a_parallel_failure_lets_the_running_notebook_finish_and_starts_nothing_after(forked_chain, isolated_dirs):
-    run_dir = isolated_dirs / "fork2"
-    run_dir.mkdir()
-    (run_dir / "fail-04").write_text("")
-    messages = []
-    with pytest.raises(pipeline.ChainFailed) as info:
-        pipeline.run_chain("params/demo.yaml", run="fork2", parallel=2, log=messages.append)
+    run_dir, messages, info = _failed_run(isolated_dirs, "fork2", "fail-04", parallel=2)
     assert info.value.stage == "04_caption" and "boom in 04" in info.value.reason
     assert (run_dir / "done-01").exists()  # finished after 04 had failed (never lose finished work)
     assert not (run_dir / "done-05").exists()  # needs the failed one: never started
