@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medxpert_utils.core import io
-from medxpert_utils.core.errors import ImageLoadError, UserError
-from medxpert_utils.models.blip import load_blip, prepare_base_model, rgb_image, small_model_threads, text_max_length
+from medxpert_utils.core.errors import UserError
+from medxpert_utils.data.images import load_manifest_image, to_rgb
+from medxpert_utils.models.blip import load_blip, prepare_base_model, small_model_threads, text_max_length
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from medxpert_utils.core.config import Config
 
@@ -30,8 +30,8 @@ RECORD_FILE = "finetune.json"  # in models/blip/: the finished fine-tuning's key
 
 
 class CaptionDataset:
-    """(pixel_values, text, finding targets) from image paths, reports and optional 0/1 label rows;
-    unreadable images yield None (skipped by the collate, counted in ``bad``)."""
+    """(pixel_values, text, finding targets) from image paths, reports and optional 0/1 label rows; an image that
+    no longer decodes raises :class:`~medxpert_utils.data.images.ImageChangedError` (one line naming it)."""
 
     def __init__(self, paths: Sequence[str], texts: Sequence[str], image_processor, cache: bool = True,
                  targets: "np.ndarray | None" = None):
@@ -39,7 +39,6 @@ class CaptionDataset:
         self.targets = targets
         self.image_processor = image_processor
         self._cache: dict[int, Any] | None = {} if cache else None
-        self.bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -48,11 +47,8 @@ class CaptionDataset:
         target = None if self.targets is None else self.targets[i]
         if self._cache is not None and i in self._cache:
             return self._cache[i], self.texts[i], target
-        try:
-            pixels = self.image_processor(images=rgb_image(self.paths[i]), return_tensors="pt")["pixel_values"][0]
-        except ImageLoadError:
-            self.bad.add(i)
-            return None
+        image = to_rgb(load_manifest_image(self.paths[i]))
+        pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         if self._cache is not None:
             self._cache[i] = pixels
         return pixels, self.texts[i], target
@@ -68,9 +64,6 @@ class CaptionCollate:
     def __call__(self, items):
         import torch
 
-        items = [it for it in items if it is not None]
-        if not items:
-            return None
         enc = self.tokenizer([t for _, t, _ in items], padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="pt", return_token_type_ids=False)
         input_ids = enc["input_ids"].clone()
@@ -101,8 +94,6 @@ def evaluate_loss(model, loader, device, dtype=None) -> float:
     total, tokens = 0.0, 0
     with torch.no_grad():
         for batch in loader:
-            if batch is None:
-                continue
             batch = {k: v.to(device) for k, v in batch.items() if k != "finding_targets"}
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = model(**batch).loss
@@ -146,7 +137,7 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
     if train.empty or val.empty:
         raise UserError("BLIP fine-tuning needs train and val rows in the manifest - check data.split")
     base = prepare_base_model(cfg)
-    key = _finetune_key(cfg, base, train, val, max_steps)
+    key = _finetune_key(cfg, max_steps)
     recorded = _recorded_result(cfg, key)
     if recorded is not None:
         print(f"BLIP fine-tuning already finished ({recorded['steps']} steps; {cfg.paths.blip / RECORD_FILE}); delete "
@@ -174,15 +165,17 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
     return result
 
 
-def _finetune_key(cfg: "Config", base: str, train: "pd.DataFrame", val: "pd.DataFrame",
-                  max_steps: int | None) -> dict[str, Any]:
-    """What a finished fine-tuning must match to be reused: the training params, base model and data."""
-    from medxpert_utils.training.state import data_fingerprint, model_identity
+# Decoding and scoring settings: they change this stage's captions and scores, not the fine-tuned model
+# (captions.max_new_tokens also sets the training targets' length, so it stays in).
+NOT_IN_FINETUNE_KEY = ("captions.num_beams", "captions.max_images", "captions.prompt", "eval.chexbert")
 
-    captions = cfg.captions.model_dump(mode="json", include={"model", "epochs", "batch_size", "lr", "max_minutes",
-                                                             "max_new_tokens", "tiny"})
-    return {"captions": captions, "seed": cfg.seed, "max_steps": max_steps, "aux_label_weight": AUX_LABEL_WEIGHT,
-            "base": model_identity(base), "train_data": data_fingerprint(train), "val_data": data_fingerprint(val)}
+
+def _finetune_key(cfg: "Config", max_steps: int | None) -> dict[str, Any]:
+    """What a finished fine-tuning must match to be reused: the caption stage's key without its decoding params
+    (:mod:`medxpert_utils.core.keys`: params, the manifest's content hash, the stage's version)."""
+    from medxpert_utils.core.keys import stage_key
+
+    return {"stage": stage_key(cfg, "04", without=NOT_IN_FINETUNE_KEY), "max_steps": max_steps}
 
 
 def _recorded_result(cfg: "Config", key: dict[str, Any]) -> dict[str, Any] | None:
@@ -246,8 +239,6 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
                    leave=False)
         for batch in train_loader:
             bar.update(1)
-            if batch is None:
-                continue
             batch = {k: v.to(device) for k, v in batch.items()}
             targets = batch.pop("finding_targets", None)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -284,5 +275,5 @@ def _train(cfg, model, processor, train_loader, val_loader, train_ds, val_ds, de
             break
     return {"base": prepare_base_model(cfg), "initial_val_loss": initial, "best_val_loss": best, "steps": step,
             "epochs_run": len(history), "stopped": stopped, "seconds": round(time.monotonic() - start, 1),
-            "n_train": len(train_ds), "n_val": len(val_ds), "skipped_images": len(train_ds.bad) + len(val_ds.bad),
+            "n_train": len(train_ds), "n_val": len(val_ds),
             "history": history}

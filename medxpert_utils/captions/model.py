@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medxpert_utils.core import io
-from medxpert_utils.core.errors import ImageLoadError, MissingModelError, UserError
+from medxpert_utils.core import io, stages
+from medxpert_utils.core.errors import MissingModelError, UserError
 from medxpert_utils.models.blip import TINY, load_blip, model_specs, prepare_base_model, rgb_image, small_model_threads
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ class Captioner:
         if which not in specs:
             raise UserError(f"unknown captioner {which!r} - choose auto, base or fine_tuned")
         if which == "fine_tuned" and not (Path(specs["fine_tuned"]) / "config.json").is_file():
-            raise MissingModelError(f"no fine-tuned BLIP in {specs['fine_tuned']} - "
-                                    "run notebook 04 with captions.finetune: true")
+            raise MissingModelError(f"no fine-tuned BLIP in {specs['fine_tuned']} - set captions.finetune: true and "
+                                    f"{stages.hint('04', cfg.run_name, force=True)}")
         model, processor = load_blip(specs[which], device or cfg.device)
         p = cfg.captions
         return cls(model, processor, which, p.num_beams, p.max_new_tokens, p.prompt, p.batch_size)
@@ -93,8 +93,9 @@ def caption_split(cfg: "Config", split: str = "test", models: Sequence[str] | No
                   progress: bool = True) -> "pd.DataFrame":
     """Caption ``split`` (at most ``captions.max_images`` images) with each captioner; write ``captions.parquet``.
 
-    Columns: study_id, image_path, caption, reference (the report), model. Unreadable images are
-    skipped and counted in ``frame.attrs['n_skipped']``.
+    Columns: study_id, image_path, caption, reference (the report), model. The manifest's readable rows only;
+    an image that fails to decode now raises :class:`~medxpert_utils.data.images.ImageChangedError` (one line
+    naming it), as in every stage.
     """
     import pandas as pd
 
@@ -104,20 +105,16 @@ def caption_split(cfg: "Config", split: str = "test", models: Sequence[str] | No
     rows = frame[frame["split"] == split].sort_values(["study_id", "image_path"])
     if cfg.captions.max_images:
         rows = rows.head(cfg.captions.max_images)
-    from medxpert_utils.data.images import load_image
+    from medxpert_utils.data.images import load_manifest_image
 
-    images, keep, skipped = [], [], 0
+    images, keep = [], []
     for row in rows.itertuples(index=False):
-        try:
-            image = load_image(row.image_path)
-        except ImageLoadError:
-            skipped += 1
-            continue
+        image = load_manifest_image(row.image_path)
         image.thumbnail((MAX_KEPT_SIDE, MAX_KEPT_SIDE))  # grey and at most this size in memory
         images.append(image)
         keep.append(row)
     if not keep:
-        raise UserError(f"no readable images in the {split} split to caption - check the manifest")
+        raise UserError(f"no images in the {split} split to caption - check data.split and the manifest")
     if cfg.captions.model == TINY:
         prepare_base_model(cfg)
     out = []
@@ -128,5 +125,4 @@ def caption_split(cfg: "Config", split: str = "test", models: Sequence[str] | No
                                  "caption": captions, "reference": [r.report for r in keep], "model": name}))
     result = pd.concat(out, ignore_index=True)
     io.write_parquet(cfg.paths.captions, result)
-    result.attrs["n_skipped"] = skipped
     return result

@@ -49,7 +49,6 @@ def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None
     result: dict[str, Any] = {
         "split": split,
         "n_images": int(frame["image_path"].nunique()) if len(frame) else 0,
-        "n_skipped": int(frame.attrs.get("n_skipped", 0)),
         "definitions": {"BLEU": "sacrebleu corpus BLEU-4 / 100", "ROUGE-L": "rouge-score ROUGE-L F-measure, mean",
                         "label_f1": "CheXpert-label F1 (positive = 1) of caption vs reference, micro and macro over "
                                     "the 14 observations (macro over observations that occur)"},

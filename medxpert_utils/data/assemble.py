@@ -1,9 +1,11 @@
 """The steps every dataset source shares, from raw rows to a validated manifest and its stats.
 
 Reports cleaned and rebuilt as impression-else-findings, rows with an empty report dropped, an
-optional seeded sample of studies (``data.max_studies``), every image checked (unreadable ones
-skipped and counted, never a crash), labels from the rule-based labeler unless the source ships
-labels, and a seeded patient-level split unless the source ships one.
+optional seeded sample of studies (``data.max_studies``), every image decoded once and hashed
+(unreadable ones kept with their reason in the ``unreadable`` column and counted, never a crash),
+labels from the rule-based labeler unless the source ships labels, and a seeded patient-level split
+unless the source ships one. Labels and split are made from the readable rows alone, so an
+unreadable image changes nothing for the others.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medxpert_utils.core import hashing
 from medxpert_utils.core.config import Config
 from medxpert_utils.core.errors import ImageLoadError, UserError
+from medxpert_utils.core.hashing import FileStamp
 from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
 from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data import manifest as mf
-from medxpert_utils.data.images import verify_image
+from medxpert_utils.data.images import image_problem, load_image
 from medxpert_utils.data.split import patient_split
 
 LEAKAGE_NOTE = "split by row: the {what} has no patient ids; patient leakage cannot be ruled out"
@@ -50,15 +54,19 @@ class BuildStats:
             self.examples.append(text)
 
     def to_dict(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Counts of the rows later stages use (the readable ones); ``n_unreadable`` rows are in the manifest
+        but used by no stage, and counted in ``n_skipped`` and ``skipped_by_reason`` too."""
+        usable = mf.readable(frame)
         return {
             "source": self.source,
-            "n_rows": int(len(frame)),
-            "n_studies": int(frame["study_id"].nunique()),
-            "n_patients": int(frame["patient_id"].nunique()),
+            "n_rows": int(len(usable)),
+            "n_unreadable": int(len(frame) - len(usable)),
+            "n_studies": int(usable["study_id"].nunique()),
+            "n_patients": int(usable["patient_id"].nunique()),
             "n_skipped": int(sum(self.skipped.values())),
             "skipped_by_reason": dict(self.skipped),
             "skipped_examples": list(self.examples),
-            "splits": {s: int((frame["split"] == s).sum()) for s in mf.SPLIT_VALUES},
+            "splits": {s: int((usable["split"] == s).sum()) for s in mf.SPLIT_VALUES},
             "notes": list(self.notes),
         }
 
@@ -100,26 +108,57 @@ def sample_studies(frame: pd.DataFrame, cfg: Config, stats: BuildStats) -> pd.Da
     return frame.loc[frame["study_id"].isin(keep)].reset_index(drop=True)
 
 
-def check_images(frame: pd.DataFrame, stats: BuildStats, progress: bool) -> pd.DataFrame:
-    """Drop rows whose image cannot be read (quick check: format, PNG CRCs, JPEG end marker)."""
-    paths = frame["image_path"].astype(str).tolist()
+def _check_image(path: str) -> tuple[str, FileStamp | None, str]:
+    """Read a file once: its sha256 ("" when it cannot be read), its stamp, and why it is not a readable
+    image ("" when it decodes)."""
+    try:
+        content = hashing.read_file(path)
+    except FileNotFoundError:
+        return "", None, "file not found"
+    except IsADirectoryError:
+        return "", None, "not a file"
+    except OSError as exc:
+        return "", None, f"cannot open the file ({exc.strerror or exc.__class__.__name__})"
+    try:
+        load_image(content.data, name=path)  # the name carries a .dcm suffix to the DICOM reader
+    except ImageLoadError as exc:
+        return content.sha256, content.stamp, image_problem(exc).replace("\n", " ")
+    return content.sha256, content.stamp, ""
 
-    def check(path: str) -> str | None:
-        try:
-            verify_image(path, name=os.path.basename(path))
-        except ImageLoadError as exc:
-            return str(exc)
-        return None
+
+def check_images(frame: pd.DataFrame, stats: BuildStats, progress: bool) -> pd.DataFrame:
+    """Decode every image fully once and add ``image_sha256`` and ``unreadable`` (the reason, "" if readable).
+
+    Rows are kept; unreadable ones are counted in ``stats`` by reason. Hashes and verdicts are cached
+    by file size and mtime (:mod:`medxpert_utils.core.hashing`), so a rebuild over unchanged files reads
+    only the ones found unreadable before (an unreadable verdict can be a missing decoder, since installed).
+    """
+    paths = [os.path.abspath(p) for p in frame["image_path"].astype(str)]
+    cached = hashing.lookup(paths)
+    sha = [r.sha256 if r is not None else "" for r in cached]
+    problems = ["" for _ in paths]
+    todo = [i for i, r in enumerate(cached) if r is None or r.note != ""]  # no verdict yet, or unreadable
 
     workers = max(1, min(8, (os.cpu_count() or 1)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        errors = list(tqdm(pool.map(check, paths), total=len(paths), desc="checking images",
-                           disable=not progress or len(paths) < 200, mininterval=1.0))
-    bad = np.array([e is not None for e in errors], dtype=bool)
-    for message in (e for e in errors if e):
-        problem = message.split("': ", 1)[-1].split(" - ")[0]
-        stats.skip(f"unreadable image: {re.sub(r' [(].*[)]', '', problem)}", messages=[message])
-    return frame.loc[~bad].reset_index(drop=True)
+        results = list(tqdm(pool.map(lambda i: _check_image(paths[i]), todo), total=len(todo),
+                            desc="checking images", disable=not progress or len(todo) < 200, mininterval=1.0))
+    done, done_stamps = [], []
+    for i, (digest, stamp, problem) in zip(todo, results):
+        sha[i], problems[i] = digest, problem
+        if digest:
+            done.append((paths[i], hashing.FileRecord(digest, problem)))
+            done_stamps.append(stamp)
+    hashing.store(done, stamps=done_stamps)
+
+    frame = frame.copy()
+    frame["image_sha256"] = sha
+    frame["unreadable"] = problems
+    for path, problem in zip(paths, problems):
+        if problem:
+            stats.skip(f"unreadable image: {re.sub(r' [(].*[)]', '', problem)}",
+                       messages=[f"{os.path.basename(path)}: {problem}"])
+    return frame
 
 
 def finish(frame: pd.DataFrame, cfg: Config, stats: BuildStats, progress: bool,
@@ -137,14 +176,19 @@ def finish(frame: pd.DataFrame, cfg: Config, stats: BuildStats, progress: bool,
     if materialise is not None:
         frame = materialise(frame, stats)
     frame = check_images(frame, stats, progress)
-    if frame.empty:
+    readable = frame["unreadable"].eq("").to_numpy()
+    if not readable.any():
         raise UserError(f"data source '{stats.source}' produced no usable rows ({skip_summary(stats)}) - "
                         "check data.root and the dataset layout")
 
     has_labels = all(c in frame.columns for c in mf.LABEL_COLUMNS)
     relabel = frame.pop("_label_from_report").astype(bool).to_numpy() if "_label_from_report" in frame else None
-    if not has_labels or (relabel is not None and relabel.any()):
-        rows = np.arange(len(frame)) if not has_labels else np.flatnonzero(relabel)
+    # Unreadable rows keep the source's labels, or get none.
+    if not has_labels:
+        rows = np.flatnonzero(readable)
+    else:
+        rows = np.flatnonzero(readable & relabel) if relabel is not None else np.array([], dtype=np.int64)
+    if len(rows):
         # Each distinct report is labelled once (big datasets repeat "No acute process." thousands of times).
         codes, distinct = pd.factorize(frame["report"].iloc[rows])
         labels = label_frame(list(distinct))
@@ -156,10 +200,22 @@ def finish(frame: pd.DataFrame, cfg: Config, stats: BuildStats, progress: bool,
         if has_labels:
             stats.notes.append(f"{len(rows)} row(s) without source labels were labelled from their report")
     if "split" not in frame.columns:
-        frame["split"] = patient_split(frame["patient_id"].tolist(), cfg.data.split, cfg.seed)
+        frame["split"] = split_readable(frame["patient_id"], readable, cfg)
     frame["image_path"] = [os.path.abspath(p) for p in frame["image_path"]]
     frame = mf.validate(frame)
     return frame, stats.to_dict(frame)
+
+
+def split_readable(patient_ids: pd.Series, readable: np.ndarray, cfg: Config) -> np.ndarray:
+    """The seeded patient split of the readable rows (as if the others were not there); an unreadable row
+    goes with its patient, or to train when its patient has no readable image (no stage reads it)."""
+    out = np.full(len(patient_ids), "train", dtype="<U5")
+    out[readable] = patient_split(patient_ids[readable].tolist(), cfg.data.split, cfg.seed)
+    if not readable.all():
+        of_patient = dict(zip(patient_ids[readable], out[readable]))
+        rest = np.flatnonzero(~readable)
+        out[rest] = [of_patient.get(p, "train") for p in patient_ids.iloc[rest]]
+    return out
 
 
 def skip_summary(stats: BuildStats) -> str:

@@ -2,7 +2,9 @@
 
 Every image comes back as an 8-bit grayscale ``PIL.Image`` (mode ``"L"``); a file that cannot be
 read raises :class:`~medxpert_utils.core.errors.ImageLoadError` with one line naming the file and the
-problem, so batch stages can skip and count it and the CLI/dashboard can show it.
+problem, which the CLI/dashboard show. The data stage decodes every manifest image once and marks the
+unreadable ones; stages after it read manifest images with :func:`load_manifest_image`, for which a
+file that fails is one that changed since (:class:`ImageChangedError`, the same line in every stage).
 
 DICOM files give up their pixels only: the modality LUT (rescale) and the VOI LUT / window are
 applied, MONOCHROME1 is inverted so bone is always bright, and no tag (patient name, id, dates)
@@ -25,19 +27,49 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medxpert_utils.core import stages
 from medxpert_utils.core.errors import ImageLoadError
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
+_DICOM_SUFFIXES = (".dcm", ".dicom")
 _FIX = "re-export the file or remove it from the dataset"
 # Errors PIL raises on broken files (truncation, bad CRC, bad chunk lengths, bad zlib streams).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError)
 
 
+class ImageChangedError(ImageLoadError):
+    """A manifest image no longer decodes: it changed after the data stage checked it (rebuild the manifest)."""
+
+
 def _fail(name: str, problem: str, fix: str = _FIX) -> ImageLoadError:
-    return ImageLoadError(f"cannot read image '{name}': {problem} - {fix}")
+    error = ImageLoadError(f"cannot read image '{name}': {problem} - {fix}")
+    error.problem = problem  # type: ignore[attr-defined]  # read by image_problem
+    return error
+
+
+def image_problem(error: ImageLoadError) -> str:
+    """What is wrong with the file, without its name or the fix: e.g. ``truncated or corrupt PNG (...)``."""
+    problem = getattr(error, "problem", None)
+    if isinstance(problem, str):
+        return problem
+    return str(error).split("': ", 1)[-1].split(" - ")[0]
+
+
+def load_manifest_image(path: str | os.PathLike) -> Image.Image:
+    """:func:`load_image` for an image of the manifest, which the data stage has decoded once already.
+
+    A failure here means the file changed (or went away) after the manifest was built: it raises
+    :class:`ImageChangedError`, one line naming the file and saying to rebuild the manifest. Every
+    stage that reads manifest images (training, embedding, captioning) goes through this function.
+    """
+    try:
+        return load_image(path)
+    except ImageLoadError as exc:
+        raise ImageChangedError(f"{os.fspath(path)}: {image_problem(exc)} - the image changed after the data stage "
+                                f"built the manifest; {stages.hint('00', None, force=True)}") from None
 
 
 def _display_name(source: ImageSource, name: str | None) -> str:
@@ -232,7 +264,7 @@ def load_image(source: ImageSource, name: str | None = None, max_bytes: int | No
     shown = _display_name(source, name)
     data = _read_bytes(source, shown, max_bytes)
     suffix = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
-    if is_dicom(data) or suffix in (".dcm", ".dicom") or (name and Path(name).suffix.lower() == ".dcm"):
+    if is_dicom(data) or suffix in _DICOM_SUFFIXES or (name and Path(name).suffix.lower() in _DICOM_SUFFIXES):
         return Image.fromarray(read_dicom_pixels(data, name=shown))
     return _decode_with_pil(data, shown)
 
@@ -264,7 +296,8 @@ def verify_image(source: str | os.PathLike, name: str | None = None, full: bool 
     The quick check recognises the format and runs PIL's ``verify()``: for PNG that reads every
     chunk's CRC up to IEND, which catches truncation and most corruption. A JPEG is checked by its
     header and its end-of-image marker only (two small reads, affordable over hundreds of thousands
-    of files); corruption inside its entropy-coded data shows only on a full decode.
+    of files); corruption inside its entropy-coded data shows only on a full decode, which is why the
+    data stage decodes every image (``assemble.check_images``) rather than calling this.
     DICOM files and ``full=True`` decode the whole image with :func:`load_image`.
     """
     shown = _display_name(source, name)

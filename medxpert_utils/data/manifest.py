@@ -2,8 +2,14 @@
 
 Columns, in this order (extra columns such as ``view`` or ``source`` may follow):
 ``study_id``, ``patient_id``, ``image_path`` (absolute), ``findings``, ``impression``,
-``report`` (impression, else findings), ``split`` (train/val/test by patient) and the 14
-CheXpert label columns (1 positive, 0 negative, -1 uncertain, <NA> unmentioned; nullable Int8).
+``report`` (impression, else findings), ``split`` (train/val/test by patient), the 14
+CheXpert label columns (1 positive, 0 negative, -1 uncertain, <NA> unmentioned; nullable Int8),
+``image_sha256`` (sha256 of the image file's bytes, hex; "" where the file could not be read) and
+``unreadable`` (why the data stage could not decode the image, one line; "" for a readable image).
+
+Unreadable images keep their rows, so the manifest says what was left out and why, but no stage
+uses them: :func:`read` returns the readable rows unless asked for all. A manifest built without
+the last two columns (by hand, in tests) gets "" in both: every image counts as readable.
 Every later stage reads the manifest through :func:`read`, which validates it.
 """
 
@@ -17,17 +23,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medxpert_utils.core import stages
 from medxpert_utils.core.errors import RunNotReadyError, UserError
 from medxpert_utils.core.paths import RunPaths, resolve_run_dir
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 
 TEXT_COLUMNS = ["study_id", "patient_id", "image_path", "findings", "impression", "report", "split"]
 LABEL_COLUMNS = list(CHEXPERT_LABELS)
-MANIFEST_COLUMNS: list[str] = TEXT_COLUMNS + LABEL_COLUMNS
+IMAGE_COLUMNS = ["image_sha256", "unreadable"]
+MANIFEST_COLUMNS: list[str] = TEXT_COLUMNS + LABEL_COLUMNS + IMAGE_COLUMNS
 SPLIT_VALUES = ("train", "val", "test")
 LABEL_VALUES = (1, 0, -1)
 _REQUIRED_TEXT = ("study_id", "patient_id", "image_path", "report", "split")
-_HASH_VERSION = "manifest-v1"
+_SHA256 = r"[0-9a-f]{64}"
+_HASH_VERSION = "manifest-v2"
 
 
 class ManifestError(UserError, ValueError):
@@ -38,15 +47,18 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     """Check ``df`` against the manifest contract and return it in canonical form.
 
     Canonical: contract columns first (extras after, in their order), a fresh 0..n-1 index, text
-    columns as strings (missing findings/impression as ""), labels as nullable Int8. Raises
-    :class:`ManifestError` naming the missing column, the bad value (with its row) or a patient
-    found in two splits.
+    columns as strings (missing findings/impression as ""), labels as nullable Int8, ``image_sha256``
+    and ``unreadable`` as strings ("" where absent or missing). Raises :class:`ManifestError` naming
+    the missing column, the bad value (with its row) or a patient found in two splits.
     """
+    absent = [c for c in IMAGE_COLUMNS if c not in df.columns]
+    if absent:
+        df = df.assign(**dict.fromkeys(absent, ""))
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"manifest is missing column '{missing[0]}'"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                            + " - rebuild it with notebook 00 (sources.build_manifest)")
+                            + f" - rebuild it: {stages.hint('00', None, force=True)}")
     extras = [c for c in df.columns if c not in MANIFEST_COLUMNS]
     out = df.loc[:, MANIFEST_COLUMNS + extras].reset_index(drop=True).copy()
 
@@ -86,6 +98,18 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
 
     for col in LABEL_COLUMNS:
         out[col] = _label_column(out[col], col)
+    for col in IMAGE_COLUMNS:
+        out[col] = out[col].astype("object").where(out[col].notna(), "").astype(str)
+    bad_sha = ~(out["image_sha256"].eq("") | out["image_sha256"].str.fullmatch(_SHA256))
+    if bad_sha.any():
+        row = int(np.flatnonzero(bad_sha.to_numpy())[0])
+        raise ManifestError(f"manifest column 'image_sha256' has bad value '{out.at[row, 'image_sha256']}' in row "
+                            f"{row} - use the file's sha256 in lower-case hex, or empty")
+    multiline = out["unreadable"].str.contains("\n", regex=False)
+    if multiline.any():
+        row = int(np.flatnonzero(multiline.to_numpy())[0])
+        raise ManifestError(f"manifest column 'unreadable' holds several lines in row {row} - give the reason "
+                            "on one line")
     return out
 
 
@@ -111,12 +135,30 @@ def manifest_path(run_or_path: str | os.PathLike) -> Path:
     return RunPaths(resolve_run_dir(run_or_path)).manifest
 
 
-def read(run_or_path: str | os.PathLike) -> pd.DataFrame:
-    """Load and validate the manifest of a run (name or folder) or a manifest parquet file."""
+def read(run_or_path: str | os.PathLike, *, include_unreadable: bool = False) -> pd.DataFrame:
+    """Load and validate the manifest of a run (name or folder) or a manifest parquet file.
+
+    Only the rows whose image the data stage could read (``unreadable == ""``), renumbered 0..n-1,
+    unless ``include_unreadable``.
+    """
     path = manifest_path(run_or_path)
     if not path.is_file():
-        raise RunNotReadyError(f"manifest not found at {path} - run notebook 00 first (00_data_prep)")
-    return validate(pd.read_parquet(path))
+        raise RunNotReadyError(f"manifest not found at {path} - {stages.hint('00', _run_name(path))}")
+    frame = validate(pd.read_parquet(path))
+    return frame if include_unreadable else readable(frame)
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a manifest whose image is readable (``unreadable == ""``), renumbered 0..n-1."""
+    if "unreadable" not in frame.columns:
+        return frame
+    keep = frame["unreadable"].fillna("").astype(str).eq("").to_numpy()
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
+def _run_name(manifest_file: Path) -> str | None:
+    """The run folder's name of ``<run>/data/manifest.parquet``, for hints; None for a parquet file elsewhere."""
+    return manifest_file.parent.parent.name if manifest_file.name == "manifest.parquet" else None
 
 
 def report_groups(reports: Sequence[str]) -> np.ndarray:
@@ -136,8 +178,10 @@ def content_hash(df: pd.DataFrame) -> str:
     """sha256 of the manifest's contract columns, stable across runs and machines.
 
     Rows are hashed in order, with image paths taken relative to the folder all images share so
-    that the same dataset cached under another ``data/`` folder hashes the same. Pixel contents are
-    not hashed (too slow for big datasets); a changed image file with the same path goes unnoticed.
+    that the same dataset cached under another ``data/`` folder hashes the same. The pixels enter
+    through ``image_sha256``, the hash of each image file the data stage read (cached by size and
+    mtime, see :mod:`medxpert_utils.core.hashing`), and ``unreadable`` is hashed too, so a dataset
+    whose images changed, or went bad, hashes differently.
     """
     frame = validate(df)
     paths = frame["image_path"].tolist()

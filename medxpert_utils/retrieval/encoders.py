@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxpert_utils.core.errors import ImageLoadError
 from medxpert_utils.core.runtime import autocast, autocast_dtype
 
 if TYPE_CHECKING:
@@ -33,23 +32,22 @@ def embed_images(model: "CLIPModel", processor: "CLIPProcessor", paths: Sequence
                  transform: Any = None) -> np.ndarray:
     """L2-normalised image embeddings (n, dim) float32 of the image files, decoded by DataLoader workers.
 
-    Every file must be readable (the contract is one row per manifest row): an unreadable one
-    raises :class:`ImageLoadError` naming it after the pass, with the count of bad files.
+    Every file must be readable (the contract is one row per manifest row; the data stage left out the images it
+    could not decode): one that fails now raises :class:`~medxpert_utils.data.images.ImageChangedError`, one line
+    naming it, as in every stage.
     """
     import torch
-    from torch.utils.data import DataLoader
 
-    from medxpert_utils.data.loading.datasets import ImageDataset, collate_images
+    from medxpert_utils.data.loading.datasets import ImageDataset, ManifestLoader, collate_images
     from medxpert_utils.models.clip import image_features
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     paths = [os.fspath(p) for p in paths]
     dataset = ImageDataset(paths, transform or image_transform(processor))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = ManifestLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_images, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if num_workers else None)
     out = np.empty((len(dataset), model.config.projection_dim), dtype=np.float32)
-    done = np.zeros(len(dataset), dtype=bool)
     with torch.inference_mode(), autocast(device, autocast_dtype(device, mixed_precision)), \
             _progress(len(dataset), "images", "img", progress) as bar:
         for batch in loader:
@@ -57,12 +55,7 @@ def embed_images(model: "CLIPModel", processor: "CLIPProcessor", paths: Sequence
                 feats = image_features(model, batch["pixel_values"].to(device, non_blocking=True))
                 index = batch["index"].numpy()
                 out[index] = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
-                done[index] = True
-            bar.update(batch["n"] + batch["n_skipped"])
-    if not done.all():
-        bad = np.flatnonzero(~done)
-        raise ImageLoadError(f"{len(bad)} image(s) could not be read, first '{paths[bad[0]]}' - fix or remove them "
-                             "and rebuild the manifest (notebook 00)")
+            bar.update(batch["n"])
     return out
 
 

@@ -177,7 +177,7 @@ class _Trainer:
         if self.dist:
             self.dist.barrier()
             self.base = clip.prepare_base_model(cfg) if not self.is_main else self.base  # reuses the built folder
-        self.key = run_key(cfg, self.base, self.train_df, self.val_df, self.dist.world if self.dist else 1)
+        self.key = run_key(cfg, self.dist.world if self.dist else 1)
         self.model, self.processor = clip.load_clip(self.base, self.device)
         clip.freeze_vision_layers(self.model, self.tp.freeze_vision_layers)
         self.counts = clip.count_parameters(self.model)
@@ -216,9 +216,7 @@ class _Trainer:
         self.zero_shot: dict[str, Any] = {}
         self.planned_steps = 0
         self.elapsed_before = 0.0
-        self.epoch_stats = {"loss_sum": 0.0, "loss_n": 0, "pairs": 0, "seconds": 0.0, "skipped": 0}
-        self.skipped_train = 0
-        self.skipped_val = 0
+        self.epoch_stats = {"loss_sum": 0.0, "loss_n": 0, "pairs": 0, "seconds": 0.0}
         self.val_seconds = 0.0
         self.step_seconds: float | None = None
         self.stopped_early: str | None = None
@@ -258,10 +256,9 @@ class _Trainer:
 
         was_training = self.core.training
         self.core.eval()
-        images, texts, groups, losses, weights, skipped = [], [], [], [], [], 0
+        images, texts, groups, losses, weights = [], [], [], [], []
         self.val_loader.batch_sampler.set_epoch(0)
         for batch in self.val_loader:
-            skipped += batch["n_skipped"]
             if not batch["n"]:
                 continue
             with runtime.autocast(self.device, self.amp_dtype):
@@ -277,7 +274,6 @@ class _Trainer:
             texts.append(txt.cpu())
             groups.append(batch["report_group"])
         self.core.train(was_training)
-        self.skipped_val = skipped
         if not images:
             return dict.fromkeys(VAL_METRICS, float("nan"))
         images, texts, groups = torch.cat(images), torch.cat(texts), torch.cat(groups)
@@ -341,7 +337,7 @@ class _Trainer:
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
             "zero_shot": self.zero_shot, "planned_steps": self.planned_steps, "elapsed": self.elapsed(),
-            "epoch_stats": self.epoch_stats, "skipped_train": self.skipped_train, "val_seconds": self.val_seconds,
+            "epoch_stats": self.epoch_stats, "val_seconds": self.val_seconds,
             "stopped_early": self.stopped_early, "step_seconds": self.step_seconds,
         }
 
@@ -353,7 +349,7 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         for name in ("step", "epoch", "batch_in_epoch", "history", "best", "zero_shot", "epoch_stats",
-                     "skipped_train", "val_seconds"):
+                     "val_seconds"):
             setattr(self, name, state[name])
         self.elapsed_before = state["elapsed"]
         self.t0 = time.perf_counter()
@@ -418,7 +414,7 @@ class _Trainer:
             self._save_best()
         if self.dist:
             self.dist.barrier()
-        self.epoch_stats = {"loss_sum": 0.0, "loss_n": 0, "pairs": 0, "seconds": 0.0, "skipped": 0}
+        self.epoch_stats = {"loss_sum": 0.0, "loss_n": 0, "pairs": 0, "seconds": 0.0}
 
     def train(self, stop_after_steps: int | None = None) -> None:
         """Run epochs from the current position until the planned steps are done or time runs out."""
@@ -439,8 +435,6 @@ class _Trainer:
             try:
                 for batch in batches:
                     self.batch_in_epoch += 1
-                    stats["skipped"] += batch["n_skipped"]
-                    self.skipped_train += batch["n_skipped"]
                     usable = batch["n"] > 1
                     if self.dist:  # every process must take part in the forward/backward, or none
                         usable = not self.dist.any(not usable)
@@ -532,7 +526,6 @@ class _Trainer:
             "val_chance_i2t_r10": min(1.0, 10.0 / n_groups) if n_groups else None,
             # image->text top-1 of ranking the most frequent report first for every image
             "val_majority_i2t": float(np.bincount(groups).max() / len(groups)) if n_groups else None,
-            "skipped_images": {"train_samples": self.skipped_train, "val": self.skipped_val},
             "wall_s": self.elapsed(),
             "step_seconds": self.step_seconds,  # recent seconds per optimiser step, data loading included
             "val_seconds": self.val_seconds,  # the last validation pass

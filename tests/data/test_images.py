@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from medxpert_utils.core.errors import ImageLoadError, UserError
-from medxpert_utils.data.images import is_dicom, load_image, read_dicom_pixels, to_rgb, verify_image
+from medxpert_utils.data.images import (
+    ImageChangedError,
+    image_problem,
+    is_dicom,
+    load_image,
+    load_manifest_image,
+    read_dicom_pixels,
+    to_rgb,
+    verify_image,
+)
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "SECRET-4711"
@@ -153,6 +162,7 @@ def test_dicom_by_suffix_without_preamble(tmp_path):
     assert not is_dicom(data) and is_dicom(path)
     assert np.asarray(load_image(path)).max() == 255
     assert np.asarray(load_image(data, name="upload.dcm")).max() == 255
+    assert np.asarray(load_image(data, name="upload.dicom")).max() == 255
 
 
 def test_dicom_without_pixels_fails_without_leaking_tags():
@@ -209,3 +219,32 @@ def test_missing_file_and_size_limit(tmp_path):
         with pytest.raises(ImageLoadError, match="too large"):
             load_image(source, name="big.png", max_bytes=len(data) - 1)
     assert load_image(path, max_bytes=len(data)).size == (64, 64)
+
+
+@pytest.mark.parametrize("name", sorted(_bad_files()))
+def test_problem_is_the_message_without_name_or_fix(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(_bad_files()[name])
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    problem = image_problem(info.value)
+    assert problem and str(path) not in problem and " - " not in problem
+    assert str(info.value) == f"cannot read image '{path}': {problem} - " + str(info.value).split(" - ", 1)[1]
+    assert image_problem(ImageLoadError("cannot read image 'x.png': empty file - fix it")) == "empty file"
+
+
+def test_manifest_image_that_changed_is_one_line_saying_to_rebuild(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(np.full((8, 8), 9, np.uint8)))
+    assert np.asarray(load_manifest_image(path)).max() == 9
+    path.write_bytes(png_bytes(np.full((8, 8), 9, np.uint8))[:-30])
+    with pytest.raises(ImageChangedError) as info:
+        load_manifest_image(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: truncated or corrupt PNG") and "\n" not in message
+    assert message.endswith("the image changed after the data stage built the manifest; "
+                            "rerun 00_data_prep (./run_all.sh --force 00)")
+    assert isinstance(info.value, ImageLoadError) and isinstance(info.value, UserError)
+    path.unlink()
+    with pytest.raises(ImageChangedError, match="x.png: file not found - the image changed"):
+        load_manifest_image(path)

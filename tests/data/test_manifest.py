@@ -31,12 +31,27 @@ def make_manifest(base, n: int = 6) -> pd.DataFrame:
 def test_contract_columns():
     assert mf.MANIFEST_COLUMNS[:7] == ["study_id", "patient_id", "image_path", "findings", "impression", "report",
                                        "split"]
-    assert mf.MANIFEST_COLUMNS[7:] == list(CHEXPERT_LABELS) and len(CHEXPERT_LABELS) == 14
+    assert mf.MANIFEST_COLUMNS[7:21] == list(CHEXPERT_LABELS) and len(CHEXPERT_LABELS) == 14
+    assert mf.MANIFEST_COLUMNS[21:] == ["image_sha256", "unreadable"]
+
+
+def test_image_columns_default_to_empty_and_are_checked(tmp_path):
+    frame = make_manifest(tmp_path)
+    out = mf.validate(frame)  # built by hand without them: every image counts as readable
+    assert (out["image_sha256"] == "").all() and (out["unreadable"] == "").all()
+    given = frame.assign(image_sha256=["ab" * 32] * 5 + [None], unreadable=["", None, "", "", "", "empty file"])
+    out = mf.validate(given)
+    assert out.loc[5, "image_sha256"] == "" and out.loc[1, "unreadable"] == ""
+    assert out.loc[5, "unreadable"] == "empty file"
+    with pytest.raises(UserError, match="'image_sha256' has bad value 'XYZ' in row 0"):
+        mf.validate(frame.assign(image_sha256=["XYZ"] + [""] * 5))
+    with pytest.raises(UserError, match="'unreadable' holds several lines in row 2"):
+        mf.validate(frame.assign(unreadable=["", "", "bad\nfile", "", "", ""]))
 
 
 def test_validate_canonicalises(tmp_path):
     frame = make_manifest(tmp_path)
-    shuffled = frame[["view"] + list(reversed(mf.MANIFEST_COLUMNS))].copy()
+    shuffled = frame[["view"] + list(reversed(mf.TEXT_COLUMNS + mf.LABEL_COLUMNS))].copy()
     shuffled.index = range(10, 16)
     shuffled["findings"] = shuffled["findings"].astype(object)
     shuffled.loc[11, "findings"] = None
@@ -65,7 +80,7 @@ def test_validate_names_the_problem(tmp_path, change, expected):
 
 def test_read_run_folder_name_and_parquet(tmp_path, monkeypatch):
     frame = make_manifest(tmp_path)
-    with pytest.raises(RunNotReadyError, match="run notebook 00 first"):
+    with pytest.raises(RunNotReadyError, match="run 00_data_prep first .*--run no_such_run --until 00"):
         mf.read("no_such_run")
     run_dir = tmp_path / "outputs" / "myrun"
     io.write_parquet(run_dir / "data" / "manifest.parquet", frame)
@@ -77,6 +92,18 @@ def test_read_run_folder_name_and_parquet(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(by_name, by_file)
     assert str(by_name["No Finding"].dtype) == "Int8"
     assert by_name["No Finding"].isna().sum() == frame["No Finding"].isna().sum()
+
+
+def test_read_leaves_unreadable_rows_out_unless_asked(tmp_path):
+    frame = make_manifest(tmp_path).assign(unreadable=["", "truncated or corrupt JPEG (broken data stream)", "", "",
+                                                        "file not found", ""])
+    path = tmp_path / "run" / "data" / "manifest.parquet"
+    io.write_parquet(path, frame)
+    usable = mf.read(path)
+    assert usable["study_id"].tolist() == ["s0", "s2", "s3", "s5"] and list(usable.index) == [0, 1, 2, 3]
+    everything = mf.read(path, include_unreadable=True)
+    assert len(everything) == 6 and everything.loc[4, "unreadable"] == "file not found"
+    pd.testing.assert_frame_equal(mf.readable(everything), usable)
 
 
 def test_report_groups_dense_in_order_of_first_appearance():
@@ -100,4 +127,9 @@ def test_content_hash_stable_across_roots_and_sensitive_to_content(tmp_path):
     assert mf.content_hash(a.assign(split=["train", "train", "val", "val", "train", "train"])) != h
     assert mf.content_hash(a.iloc[::-1]) != h
     assert mf.content_hash(a.assign(image_path=a["image_path"].str.replace("img", "pic"))) != h
+    assert mf.content_hash(a.assign(image_sha256="")) == h  # the default when the column is absent
+    pixels = a.assign(image_sha256=[f"{i:064x}" for i in range(6)])
+    assert mf.content_hash(pixels) != h  # the pixels are part of the data
+    assert mf.content_hash(pixels.assign(image_sha256=[f"{i:064x}" for i in range(1, 7)])) != mf.content_hash(pixels)
+    assert mf.content_hash(a.assign(unreadable=["", "", "", "", "", "empty file"])) != h
     assert not np.array_equal(mf.report_groups(a["report"]), [])

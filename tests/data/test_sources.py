@@ -53,7 +53,8 @@ BAD_IMAGES = {
 def assert_contract(frame: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(frame, mf.validate(frame))
     assert list(frame.columns[: len(mf.MANIFEST_COLUMNS)]) == mf.MANIFEST_COLUMNS
-    assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["image_path"])
+    assert all(Path(p).is_absolute() for p in frame["image_path"])
+    assert all(Path(p).is_file() for p in mf.readable(frame)["image_path"])  # unreadable rows stay, flagged
     assert frame.groupby("patient_id")["split"].nunique().max() == 1
     has_impression = frame["impression"].str.strip() != ""
     assert (frame.loc[has_impression, "report"] == frame.loc[has_impression, "impression"]).all()
@@ -109,12 +110,13 @@ def test_csv_source_skips_and_counts_bad_rows(tmp_path):
                                 "data.patient_column": "pid", "data.split": {"train": 0.5, "val": 0.25, "test": 0.25}})
     frame, stats = sources.build_manifest(cfg, progress=False)
     assert_contract(frame)
-    assert len(frame) == 7 and stats["n_rows"] == 7
+    # bad images and the missing file stay in the manifest, flagged with their reason, and count as skipped
+    assert len(frame) == 12 and stats["n_rows"] == len(mf.readable(frame)) == 7 and stats["n_unreadable"] == 5
     assert stats["n_skipped"] == 1 + len(BAD_IMAGES) + 1  # empty report, bad images, missing file
     text = " ".join(stats["skipped_examples"]) + " ".join(stats["skipped_by_reason"])
     assert "empty report" in text and "file not found" in text
     assert sum(n for r, n in stats["skipped_by_reason"].items() if r.startswith("unreadable image")) == 5
-    assert set(frame["patient_id"]) <= {"P0", "P1", "P2", "P3"}
+    assert set(mf.readable(frame)["patient_id"]) <= {"P0", "P1", "P2", "P3"}
     first = frame.loc[frame["image_path"].str.endswith("ok0.png")].iloc[0]
     assert first["impression"] == clean("No acute cardiopulmonary process.")
     assert first["findings"] == clean("Heart size is normal. Lungs are clear.")
@@ -486,7 +488,8 @@ def test_iu_xray_download_parse_and_frontal_heuristic(tmp_path, monkeypatch, no_
         frame, stats = sources.build_manifest(cfg, progress=False)
         root = data_dir() / "iu_xray"
         assert_contract(frame)
-        assert list(frame["study_id"]) == ["CXR1", "CXR2"]  # CXR3: truncated PNG; CXR4: no text
+        assert list(frame["study_id"]) == ["CXR1", "CXR2", "CXR3"]  # CXR4: no text
+        assert list(mf.readable(frame)["study_id"]) == ["CXR1", "CXR2"]  # CXR3: truncated PNG (kept, flagged)
         assert stats["n_skipped"] == 2
         assert Path(frame.loc[0, "image_path"]).name == "CXR1_1_IM-0001-3001.png"  # first image of the report
         assert Path(frame.loc[1, "image_path"]).name == "CXR2_IM-0652-2001.png"  # the caption says PA
@@ -501,7 +504,7 @@ def test_iu_xray_download_parse_and_frontal_heuristic(tmp_path, monkeypatch, no_
 
         everything, _ = sources.build_manifest(make_cfg(tmp_path, **{"data.source": "iu_xray", "data.root": None,
                                                                       "data.frontal_only": False}), progress=False)
-        assert len(everything) == 4 and set(everything["view"]) == {"frontal", "lateral"}
+        assert len(mf.readable(everything)) == 4 and set(everything["view"]) == {"frontal", "lateral"}
 
 
 def test_download_resumes_with_range_request(tmp_path, no_proxy):

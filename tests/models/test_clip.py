@@ -368,16 +368,20 @@ def test_affine_grid_by_broadcasting_equals_torchs():
         assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_bad_images_are_skipped_and_counted(tmp_path, tiny):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_gone_bad_after_the_data_stage_is_one_line_naming_it(tmp_path, tiny, workers):
+    from medxpert_utils.data.images import ImageChangedError
+
     _, processor = tiny
-    loader = torchdata.make_loader(_frame(tmp_path, n=6, bad=(1, 4)), processor, batch_size=3, shuffle=True,
-                                   augment=AugmentParams(), num_workers=0, seed=0)
-    batches = list(loader)
-    assert sum(b["n"] for b in batches) == 4
-    assert sum(b["n_skipped"] for b in batches) == 2
-    images = list(torchdata.make_image_loader(_frame(tmp_path, n=3, bad=(0,))["image_path"], processor, 2, 0))
-    assert sum(b["n_skipped"] for b in images) == 1
-    assert torch.cat([b["index"] for b in images if b["n"]]).tolist() == [1, 2]
+    frame = _frame(tmp_path, n=6, bad=(4,))
+    loader = torchdata.make_loader(frame, processor, batch_size=3, shuffle=False, augment=AugmentParams(),
+                                   num_workers=workers, seed=0)
+    with pytest.raises(ImageChangedError) as info:
+        list(loader)
+    message = str(info.value)
+    assert "\n" not in message and frame["image_path"].iloc[4] in message and "--force 00" in message
+    with pytest.raises(ImageChangedError):
+        list(torchdata.make_image_loader(frame["image_path"], processor, 2, workers))
 
 
 def test_epoch_sampler_is_reproducible_resumable_and_sharded():
@@ -401,7 +405,7 @@ def test_epoch_sampler_is_reproducible_resumable_and_sharded():
 @pytest.mark.parametrize("raw", [False, True])  # decoded images / batch augmentation's source tensors
 def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monkeypatch, raw):
     _, processor = tiny
-    frame = _frame(tmp_path, n=6, bad=(5,))  # 40 x 40 grey PNGs: 1,600 bytes decoded
+    frame = _frame(tmp_path, n=6, bad=())  # 40 x 40 grey PNGs: 1,600 bytes decoded
     decoded = []
     real_load = __import__("medxpert_utils.data.images", fromlist=["x"]).load_image
     monkeypatch.setattr("medxpert_utils.data.images.load_image", lambda path: decoded.append(path) or real_load(path))
@@ -412,11 +416,10 @@ def test_image_cache_keeps_decoded_images_within_its_budget(tmp_path, tiny, monk
         for loader in (cached, plain):
             loader.batch_sampler.set_epoch(epoch)
         got, want = list(cached), list(plain)
-        assert [b["n_skipped"] for b in got] == [b["n_skipped"] for b in want]
         for a, b in zip(got, want):  # same pixels, augmentation included
             assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["index"], b["index"])
     assert len(cached.dataset._cache) == 3 and cached.dataset._cached_bytes == 3 * 1600  # the budget holds 3
-    # plain: 6 decodes per epoch; cached: 6, then 3 (the 2 good images over budget and the unreadable one)
+    # plain: 6 decodes per epoch; cached: 6, then the 3 images over budget
     assert len(decoded) == 2 * 6 + (6 + 3)
 
 

@@ -1,15 +1,21 @@
 """PyTorch datasets and loaders for image-report pairs and for images alone.
 
-Images are decoded inside DataLoader workers with :func:`medxpert_utils.data.images.load_image`
-and turned into tensors by :class:`~medxpert_utils.data.loading.transforms.ImageTransform`. Training
-passes uint8 pixels from the workers and normalises whole batches on the device
-(``raw_pixels``); its augmentation is drawn per image and applied to the whole batch in the collate.
+Images are decoded inside DataLoader workers and turned into tensors by
+:class:`~medxpert_utils.data.loading.transforms.ImageTransform`. Training passes uint8 pixels from the
+workers and normalises whole batches on the device (``raw_pixels``); its augmentation is drawn per image
+and applied to the whole batch in the collate.
 
 Augmentation randomness is a function of ``(seed, epoch, row)`` alone, so a batch is the same
 whichever worker builds it and a resumed run sees exactly the images an uninterrupted one saw.
 Reports are tokenised once (then kept) and padded per batch in the collate function (padding to the
-longest, truncation at ``max_length``). Unreadable images are skipped: the dataset yields ``None``,
-the collate drops it and counts it in ``n_skipped``; an epoch never stops on a bad file.
+longest, truncation at ``max_length``).
+
+Images are read with :func:`~medxpert_utils.data.images.load_manifest_image`: the data stage has
+decoded every manifest image already, so one that fails now changed since, and loading stops with
+:class:`~medxpert_utils.data.images.ImageChangedError` (one line naming the file). In a DataLoader
+worker process the error travels as a batch carrying ``image_error`` (an exception raised there would
+reach the caller wrapped in a traceback); the loaders of this module raise it in the calling process,
+and :func:`raise_image_error` does so for a DataLoader built elsewhere.
 """
 
 from __future__ import annotations
@@ -22,10 +28,32 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from medxpert_utils.core.errors import ImageLoadError
+from medxpert_utils.data.images import ImageChangedError, load_manifest_image
 from medxpert_utils.data.loading.transforms import N_DRAWS, ImageTransform, eval_image_transform, train_image_transform
+
+IMAGE_ERROR = "image_error"  # key of a batch whose image failed in a worker process: the one-line message
+
+
+def _in_worker() -> bool:
+    """True inside a DataLoader worker process, where an exception would reach the caller wrapped."""
+    return get_worker_info() is not None
+
+
+def raise_image_error(batch: object) -> None:
+    """Raise the :class:`ImageChangedError` a worker process met, carried by ``batch``; else do nothing."""
+    if isinstance(batch, dict) and IMAGE_ERROR in batch:
+        raise ImageChangedError(batch[IMAGE_ERROR])
+
+
+class ManifestLoader(DataLoader):
+    """A DataLoader that raises, in the calling process, the :class:`ImageChangedError` a worker met."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            raise_image_error(batch)
+            yield batch
 
 
 def positive_label_matrix(frame: pd.DataFrame) -> np.ndarray:
@@ -44,7 +72,8 @@ class ImageTextDataset(Dataset):
 
     ``index`` is the row's position in ``frame``. Keys may be plain row positions or
     ``(row, epoch)`` pairs (from :class:`EpochBatchSampler`); a row's augmentation draws are row
-    ``row`` of a table drawn from ``(seed, epoch)``. An unreadable image gives ``None``. With
+    ``row`` of a table drawn from ``(seed, epoch)``. An image that no longer decodes raises
+    :class:`ImageChangedError` (in a worker process: an item ``{"image_error": message}``). With
     ``raw`` the pixels stay uint8 and unnormalised (see :meth:`ImageTransform.raw`); augmented raw
     items carry their source and draws, for the collate to augment the whole batch at once.
     """
@@ -77,11 +106,9 @@ class ImageTextDataset(Dataset):
 
     def _image(self, index: int) -> Image.Image | torch.Tensor:
         """The decoded image, or with batch augmentation its source tensor (cached within the budget)."""
-        from medxpert_utils.data.images import load_image
-
         item = self._cache.get(index)
         if item is None:
-            img = load_image(self.paths[index])
+            img = load_manifest_image(self.paths[index])
             if self.batch_augment:
                 item = self.transform.source_tensor(img)
                 size = item.numel()
@@ -102,12 +129,14 @@ class ImageTextDataset(Dataset):
             self._draw_table = (epoch, np.random.default_rng([self.seed, epoch]).random((len(self), N_DRAWS)))
         return self._draw_table[1][index]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
         try:
             img = self._image(index)
-        except (ImageLoadError, OSError):
-            return None
+        except ImageChangedError as exc:
+            if not _in_worker():
+                raise
+            return {IMAGE_ERROR: str(exc)}
         draws = self.draws(index, epoch) if self.transform.augment is not None else None
         if self.batch_augment:  # augmented in the collate, for the whole batch at once
             image = {"augment": {"source": img, "draws": draws}}
@@ -123,7 +152,11 @@ class ImageTextDataset(Dataset):
 
 
 class ClipCollate:
-    """Stack images, tokenise the batch's reports, drop (and count) rows whose image failed.
+    """Stack images and tokenise the batch's reports (keys: ``n``, ``n_skipped`` (always 0), ``pixel_values``,
+    ``input_ids``, ``attention_mask``, ``index``, ``report_group``, ``labels``).
+
+    A batch with an item whose image failed in a worker becomes ``{"image_error": message, "n": 0,
+    "n_skipped": len(items)}``, which :func:`raise_image_error` turns into the error.
 
     Each distinct report is tokenised once (truncated at ``max_length``, unpadded) and kept, up to
     ``max_cached_texts`` of them; batches are then padded from the kept ids, which gives exactly
@@ -165,20 +198,30 @@ class ClipCollate:
             mask[row, cols] = 1
         return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
-    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-        kept = [item for item in items if item is not None]
-        batch: dict[str, Any] = {"n": len(kept), "n_skipped": len(items) - len(kept)}
-        if not kept:
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        failed = _failure(items)
+        if failed is not None:
+            return failed
+        batch: dict[str, Any] = {"n": len(items), "n_skipped": 0}
+        if not items:
             return batch
         batch.update(
-            pixel_values=(self.transform.augment_batch([item["augment"] for item in kept]) if "augment" in kept[0]
-                          else torch.stack([item["pixel_values"] for item in kept])),
-            **self.encode([item["text"] for item in kept]),
-            index=torch.tensor([item["index"] for item in kept], dtype=torch.long),
-            report_group=torch.tensor([item["report_group"] for item in kept], dtype=torch.long),
-            labels=torch.from_numpy(np.stack([item["labels"] for item in kept])),
+            pixel_values=(self.transform.augment_batch([item["augment"] for item in items]) if "augment" in items[0]
+                          else torch.stack([item["pixel_values"] for item in items])),
+            **self.encode([item["text"] for item in items]),
+            index=torch.tensor([item["index"] for item in items], dtype=torch.long),
+            report_group=torch.tensor([item["report_group"] for item in items], dtype=torch.long),
+            labels=torch.from_numpy(np.stack([item["labels"] for item in items])),
         )
         return batch
+
+
+def _failure(items: Sequence[object]) -> dict[str, Any] | None:
+    """The batch that carries the first failed item's message out of a worker, or None when none failed."""
+    for item in items:
+        if isinstance(item, dict) and IMAGE_ERROR in item:
+            return {IMAGE_ERROR: item[IMAGE_ERROR], "n": 0, "n_skipped": len(items)}
+    return None
 
 
 class EpochBatchSampler(Sampler):
@@ -247,7 +290,7 @@ def _loader_kwargs(num_workers: int, device: Any, batch_bytes: int) -> dict[str,
 def make_loader(frame: pd.DataFrame, processor: Any, batch_size: int, shuffle: bool, augment: Any | None,
                 num_workers: int, seed: int, *, max_length: int | None = None, drop_last: bool | None = None,
                 num_batches: int | None = None, device: Any = None, rank: int = 0, world_size: int = 1,
-                raw_pixels: bool = False, cache_mb: float = 0.0) -> DataLoader:
+                raw_pixels: bool = False, cache_mb: float = 0.0) -> ManifestLoader:
     """DataLoader of tokenised image-report batches over ``frame`` (see :class:`ClipCollate` for the keys).
 
     The batch sampler is ``loader.batch_sampler`` (:class:`EpochBatchSampler`): call its
@@ -256,6 +299,7 @@ def make_loader(frame: pd.DataFrame, processor: Any, batch_size: int, shuffle: b
     ``raw_pixels`` batches carry uint8 pixels; normalise them on the device with
     ``loader.dataset.transform.normalise_batch``. ``cache_mb`` keeps up to that many MB of decoded
     images in memory across epochs (transforms still run on every pass), split between the workers.
+    An image that no longer decodes stops the iteration with :class:`ImageChangedError`.
     """
     transform = train_image_transform(processor, augment) if augment is not None else eval_image_transform(processor)
     dataset = ImageTextDataset(frame.reset_index(drop=True), transform, seed=seed, raw=raw_pixels,
@@ -271,12 +315,16 @@ def make_loader(frame: pd.DataFrame, processor: Any, batch_size: int, shuffle: b
     generator = torch.Generator().manual_seed(int(seed))
     out_h, out_w = transform.output_size
     batch_bytes = batch_size * out_h * out_w * (1 if raw_pixels else 3 * 4)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator,
-                      **_loader_kwargs(num_workers, device, batch_bytes))
+    return ManifestLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator,
+                          **_loader_kwargs(num_workers, device, batch_bytes))
 
 
 class ImageDataset(Dataset):
-    """Images alone (for embedding a corpus): item ``(pixel_values, position)`` or ``None`` when unreadable."""
+    """Images alone (for embedding a corpus): item ``(pixel_values, position)``.
+
+    An image that no longer decodes raises :class:`ImageChangedError` (in a worker process: an item
+    ``{"image_error": message}``, see :func:`collate_images`).
+    """
 
     def __init__(self, paths: Sequence[str | os.PathLike], transform: ImageTransform):
         self.paths = [os.fspath(p) for p in paths]
@@ -285,29 +333,37 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
-        from medxpert_utils.data.images import load_image
-
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | dict[str, str]:
         try:
-            return self.transform(load_image(self.paths[index])), int(index)
-        except (ImageLoadError, OSError):
-            return None
+            return self.transform(load_manifest_image(self.paths[index])), int(index)
+        except ImageChangedError as exc:
+            if not _in_worker():
+                raise
+            return {IMAGE_ERROR: str(exc)}
 
 
-def collate_images(items: Sequence[tuple[torch.Tensor, int] | None]) -> dict[str, Any]:
-    """Stack the readable images of a batch: ``pixel_values``, their ``index`` positions, ``n_skipped``."""
-    kept = [item for item in items if item is not None]
-    out: dict[str, Any] = {"n": len(kept), "n_skipped": len(items) - len(kept)}
-    if kept:
-        out["pixel_values"] = torch.stack([item[0] for item in kept])
-        out["index"] = torch.tensor([item[1] for item in kept], dtype=torch.long)
+def collate_images(items: Sequence[tuple[torch.Tensor, int] | dict[str, str]]) -> dict[str, Any]:
+    """Stack a batch of images: ``n``, ``n_skipped`` (always 0), ``pixel_values`` and their ``index`` positions.
+
+    A batch with an item that failed in a worker becomes ``{"image_error": message, "n": 0, "n_skipped":
+    len(items)}``: :func:`make_image_loader` raises it; a DataLoader built elsewhere calls
+    :func:`raise_image_error` on each batch.
+    """
+    failed = _failure(items)
+    if failed is not None:
+        return failed
+    out: dict[str, Any] = {"n": len(items), "n_skipped": 0}
+    if items:
+        out["pixel_values"] = torch.stack([item[0] for item in items])
+        out["index"] = torch.tensor([item[1] for item in items], dtype=torch.long)
     return out
 
 
 def make_image_loader(paths: Sequence[str | os.PathLike], processor: Any, batch_size: int, num_workers: int,
-                      device: Any = None) -> DataLoader:
+                      device: Any = None) -> ManifestLoader:
     """In-order DataLoader of images for embedding, with the eval transform; batches from :func:`collate_images`."""
     transform = eval_image_transform(processor)
     out_h, out_w = transform.output_size
-    return DataLoader(ImageDataset(paths, transform), batch_size=batch_size, shuffle=False, collate_fn=collate_images,
-                      **_loader_kwargs(num_workers, device, batch_size * out_h * out_w * 3 * 4))
+    return ManifestLoader(ImageDataset(paths, transform), batch_size=batch_size, shuffle=False,
+                          collate_fn=collate_images,
+                          **_loader_kwargs(num_workers, device, batch_size * out_h * out_w * 3 * 4))
