@@ -2,6 +2,8 @@
 # MedXpert: one command for the whole chain, the tests, the dashboard and sweeps.
 #
 #   ./run_all.sh [PARAMS] [--run NAME] [--from NN] [--only NN ...] [--until NN] [--set KEY=VALUE ...] [--parallel N]
+#                [--force [NN ...]]     (stages up to date are skipped; --force redoes all, --force NN that one)
+#   ./run_all.sh --status [PARAMS] [--run NAME] [--set KEY=VALUE ...] [--json]
 #   ./run_all.sh --test [PYTEST ARGS ...]
 #   ./run_all.sh --dashboard [--run NAME] [--port N]
 #   ./run_all.sh --sweep params/sweeps/NAME.yaml [--until NN] [--parallel N]
@@ -15,11 +17,12 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$(pwd)
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 MODE=chain
 PARAMS=""
 CHAIN_ARGS=()
+STATUS_ARGS=()
 EXTRA=()
 RUN=""
 PORT=""
@@ -37,18 +40,27 @@ while [ $# -gt 0 ]; do
     --only) shift; ONLY=(); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do ONLY+=("$1"); shift; done
             [ ${#ONLY[@]} -gt 0 ] || { echo "run_all.sh: --only needs notebook numbers, e.g. --only 02 03" >&2; exit 2; }
             CHAIN_ARGS+=(--only "${ONLY[@]}") ;;
+    --force) shift; FORCE=(); while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; do FORCE+=("$1"); shift; done
+             CHAIN_ARGS+=(--force ${FORCE[@]+"${FORCE[@]}"}) ;;
+    --status) MODE=status; shift ;;
+    --json) STATUS_ARGS+=(--json); shift ;;
     --*) echo "run_all.sh: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     *) if [ -z "$PARAMS" ]; then PARAMS="$1"; shift; else echo "run_all.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
 done
 
 # --- environment -------------------------------------------------------------------------------
-CHECK_IMPORTS='import torch, transformers, tokenizers, datasets, faiss, pandas, pyarrow, PIL, pydicom, seaborn, \
-sklearn, scipy, sacrebleu, rouge_score, simple_icd_10_cm, google.genai, papermill, nbformat, ipykernel, ipywidgets, \
-voila, accelerate, pydantic, yaml, tqdm, av, pocketsphinx, anywidget, jiwer'
-TEST_IMPORTS='import pytest, playwright.sync_api, importlinter, ruff'
+# Whether the dependencies are installed is asked without importing them (importing torch and transformers alone
+# takes seconds, and a rerun with every stage up to date should take about that long in all).
+CHECK_MODULES='torch transformers tokenizers datasets faiss pandas pyarrow PIL pydicom seaborn sklearn scipy sacrebleu
+rouge_score simple_icd_10_cm google.genai papermill nbformat ipykernel ipywidgets voila accelerate pydantic yaml tqdm av
+pocketsphinx anywidget jiwer filelock'
+TEST_MODULES='pytest playwright.sync_api importlinter ruff mypy'
 
-have_deps() { "$1" -c "$CHECK_IMPORTS${2:+; $2}" >/dev/null 2>&1; }
+have_deps() {
+  "$1" -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' $CHECK_MODULES ${2:-} >/dev/null 2>&1
+}
 
 pick_python() {
   local candidates=()
@@ -56,7 +68,7 @@ pick_python() {
   [ -x "$ROOT/.venv/bin/python" ] && candidates+=("$ROOT/.venv/bin/python")
   candidates+=(python3 python)
   local extra=""
-  [ "$MODE" = test ] && extra="$TEST_IMPORTS"
+  [ "$MODE" = test ] && extra="$TEST_MODULES"
   for py in "${candidates[@]}"; do
     if command -v "$py" >/dev/null 2>&1 && have_deps "$py" "$extra"; then echo "$py"; return 0; fi
   done
@@ -119,7 +131,11 @@ case "$MODE" in
   sweep)
     exec "$PY" -m medxpert_utils sweep "$SWEEP" "${CHAIN_ARGS[@]}"
     ;;
+  status)
+    exec "$PY" -m medxpert_utils status "${PARAMS:-params/demo.yaml}" ${RUN:+--run "$RUN"} ${CHAIN_ARGS[@]+"${CHAIN_ARGS[@]}"} \
+      ${STATUS_ARGS[@]+"${STATUS_ARGS[@]}"}
+    ;;
   chain)
-    exec "$PY" -m medxpert_utils run "${PARAMS:-params/demo.yaml}" ${RUN:+--run "$RUN"} "${CHAIN_ARGS[@]}"
+    exec "$PY" -m medxpert_utils run "${PARAMS:-params/demo.yaml}" ${RUN:+--run "$RUN"} ${CHAIN_ARGS[@]+"${CHAIN_ARGS[@]}"}
     ;;
 esac

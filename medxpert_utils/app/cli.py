@@ -1,6 +1,7 @@
 """``medxpert`` command line: the notebooks' work in batch.
 
-Subcommands: ``run`` (the notebook chain), ``search``, ``diagnose``, ``explain``, ``eval``, ``export-csv``,
+Subcommands: ``run`` (the notebook chain, redoing only stale stages), ``status`` (which stages are stale and why),
+``search``, ``diagnose``, ``explain``, ``eval``, ``export-csv``,
 ``sweep``. ``--run`` takes a run name under ``outputs/`` or a path to a run folder. User
 mistakes print one line to stderr and exit 2; ``--debug`` shows the traceback instead. ``diagnose`` on a query
 the check (retrieval.ood) finds unlike the run's radiographs prints one line and exits 3 unless ``--force``.
@@ -24,11 +25,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medxpert_utils.app.pipeline import ChainFailed, run_chain
 
     try:
+        force: bool | list[str] = False if args.force is None else (args.force or True)
         run_chain(args.params, args.run, parse_overrides(args.set), start=args.start, only=args.only, until=args.until,
-                  parallel=args.parallel)
+                  parallel=args.parallel, force=force)
     except ChainFailed:
         return 1  # the pipeline already printed which notebook failed and where to look
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every stage fresh, stale or missing, with the reasons; runs nothing. Exit 0 when all are fresh, else 1."""
+    from medxpert_utils.core import config, keys
+
+    overrides = parse_overrides(args.set)
+    if args.params is None:
+        if args.run is None:
+            raise UserError("medxpert status needs --run R (the run's own params are used) or a params file")
+        cfg = config.from_run(args.run, overrides)
+    else:
+        cfg = config.load(args.params, args.run, overrides)
+    status = keys.evaluate(cfg)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        print(keys.format_status(status))
+    return 0 if status.fresh else 1
 
 
 def _spoken(assistant: Assistant, args: argparse.Namespace) -> dict | None:
@@ -157,7 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, metavar="N",
                    help="notebooks run at once, each when the ones it reads from are done (default: the params' "
                         "parallel_notebooks)")
+    p.add_argument("--force", nargs="*", metavar="NN",
+                   help="redo stages even when up to date: every selected one, or the numbers given (--force 01)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="each stage of a run fresh, stale or missing, and why (runs nothing)")
+    p.add_argument("params", nargs="?", default=None,
+                   help="params YAML or profile name to compare with (default: the params the run last used)")
+    p.add_argument("--run", help="run name under outputs/ or a path (default: the params' profile name)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a param, e.g. --set train.lr=1e-4")
+    p.add_argument("--json", action="store_true", help="print JSON: {run, stages: [{name, state, reasons}, ...]}")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("search", help="top-K similar cases for a text or image query")
     p.add_argument("--run", required=True, help="run name under outputs/ or a path to a run folder")

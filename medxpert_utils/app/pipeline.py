@@ -1,10 +1,14 @@
-"""The notebook chain: papermill runs each numbered notebook with the same PARAMS/RUN/OVERRIDES.
+"""The notebook chain: papermill runs each stage's notebook with the same PARAMS/RUN/OVERRIDES, redoing only what
+is stale.
 
-Executed copies land in ``outputs/<run>/notebooks/``; status and wall time of each notebook,
-and the history of attempts, go to ``run.json``. A notebook starts once the notebooks it reads
-from (:data:`NEEDS`) have finished, so with ``parallel`` > 1 independent ones run side by side
-(the captioner trains while CLIP does); the results are the same either way. The chain starts
-nothing new after the first failure, lets the notebooks already running finish, and names the
+The stages, their order and what each reads come from the registry (:mod:`medxpert_utils.core.stages`). When a
+stage's turn comes (the stages it needs have finished or were up to date), its key is computed
+(:mod:`medxpert_utils.core.keys`); a stage whose key matches the one recorded when it last succeeded, with its
+artefacts present, is skipped ("up to date"), as ``make`` would. ``force`` redoes every selected stage, or the
+named ones, regardless. Executed copies land in ``outputs/<run>/notebooks/``; status, wall time, key, the param
+values and inputs it was made from, and the history of attempts go to ``run.json``. With ``parallel`` > 1
+independent stages run side by side (the captioner trains while CLIP does); the results are the same either way.
+The chain starts nothing new after the first failure, lets the notebooks already running finish, and names the
 executed notebook to open.
 """
 
@@ -13,122 +17,55 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from medxpert_utils.core import runs
+from medxpert_utils.core import keys, runs
 from medxpert_utils.core.config import Config, load
 from medxpert_utils.core.errors import UserError
-from medxpert_utils.core.paths import PROJECT_ROOT
+from medxpert_utils.core.stages import NOTEBOOKS_DIR, STAGES, Registry, Stage, get, select, waits_for
 
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-_NB = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
-# Notebooks that are not steps of the chain: 07 compares finished runs and is run on its own.
-NOT_IN_CHAIN = {"07"}
-# What each notebook reads from the others: CLIP training and the captioner only need the data, the
-# evaluation and the reports only need the index (and the reports the captioner), the dashboard all of it.
-# A notebook not listed here waits for every selected notebook before it.
-NEEDS: dict[str, tuple[str, ...]] = {
-    "00": (), "01": ("00",), "02": ("01",), "03": ("02",), "04": ("00",), "05": ("02", "04"), "06": ("03", "05"),
-}
+__all__ = ["NOTEBOOKS_DIR", "ChainFailed", "kernel_manager_class", "run_chain", "short_reason"]
 
-
-@dataclass(frozen=True)
-class Stage:
-    number: str
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
-
-
-def discover(notebooks_dir: Path | None = None) -> list[Stage]:
-    """The numbered notebooks of the chain, in order."""
-    stages = []
-    for path in sorted((notebooks_dir or NOTEBOOKS_DIR).glob("*.ipynb")):
-        match = _NB.match(path.name)
-        if match and match.group(1) not in NOT_IN_CHAIN:
-            stages.append(Stage(match.group(1), path))
-    return stages
-
-
-def select(stages: list[Stage], start: str | None = None, only: list[str] | str | None = None,
-           until: str | None = None, allowed: list[str] | None = None) -> list[Stage]:
-    """Stages from ``start`` to ``until`` (inclusive), or exactly ``only``; ``allowed`` comes from params."""
-    numbers = [s.number for s in stages]
-
-    def norm(value: str, flag: str) -> str:
-        value = str(value).zfill(2)
-        if value not in numbers:
-            raise UserError(f"{flag} {value}: no such notebook - choose one of {', '.join(numbers)}")
-        return value
-
-    chosen = stages
-    if only:
-        wanted = {norm(o, "--only") for o in ([only] if isinstance(only, str) else only)}
-        chosen = [s for s in stages if s.number in wanted]
-    else:
-        if start:
-            first = norm(start, "--from")
-            chosen = [s for s in chosen if s.number >= first]
-        if until:
-            last = norm(until, "--until")
-            chosen = [s for s in chosen if s.number <= last]
-    if allowed:
-        keep = {str(a).zfill(2) for a in allowed}
-        chosen = [s for s in chosen if s.number in keep]
-    return chosen
+Overrides = Mapping[str, object]
 
 
 def _default_log(message: str) -> None:
     print(message, flush=True)
 
 
-def waits_for(stages: list[Stage]) -> dict[str, set[str]]:
-    """For each selected stage, the selected stages it must wait for (:data:`NEEDS`, closed over the chain:
-    a notebook that needs an unselected one waits for what that one needed, as far as it was selected)."""
-    numbers = [s.number for s in stages]
-    chosen = set(numbers)
-    out: dict[str, set[str]] = {}
-    for i, number in enumerate(numbers):
-        if number not in NEEDS:
-            out[number] = set(numbers[:i])
-            continue
-        found: set[str] = set()
-        todo = list(NEEDS[number])
-        while todo:
-            need = todo.pop()
-            if need in chosen:
-                found.add(need)
-            elif need in NEEDS:
-                todo.extend(NEEDS[need])
-        out[number] = found
-    return out
+def _forced(force: bool | Collection[str], registry: Registry) -> set[str]:
+    if force is True:
+        return {s.number for s in registry}
+    if not force:
+        return set()
+    return {get(str(n), registry).number for n in force}
 
 
-def run_chain(params: str | os.PathLike = "params/demo.yaml", run: str | os.PathLike | None = None,
-              overrides: Mapping[str, Any] | None = None, start: str | None = None,
+def run_chain(params: str | os.PathLike[str] = "params/demo.yaml", run: str | os.PathLike[str] | None = None,
+              overrides: Overrides | None = None, start: str | None = None,
               only: list[str] | str | None = None, until: str | None = None,
               log: Callable[[str], None] = _default_log, kernel_name: str | None = None,
-              parallel: int | None = None) -> Config:
-    """Run the notebook chain; returns the Config of the run. Raises :class:`ChainFailed` on a failure.
+              parallel: int | None = None, force: bool | Collection[str] = False,
+              registry: Registry = STAGES) -> Config:
+    """Run the stale stages of the chain; returns the Config of the run. Raises :class:`ChainFailed` on a failure.
 
-    ``parallel`` (default: the params' ``parallel_notebooks``) is how many notebooks may run at once.
+    ``parallel`` (default: the params' ``parallel_notebooks``) is how many notebooks may run at once. ``force``:
+    True redoes every selected stage; a list of stage numbers redoes those regardless of their keys.
     """
     cfg = load(params, run, overrides)
     # The kernel spec's "python" must be this interpreter (a .venv's), not whatever PATH finds first.
     bindir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bindir + os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    stages = select(discover(), start, only, until, cfg.params.stages)
+    stages = select(start, only, until, cfg.params.stages, registry)
     if not stages:
-        raise UserError("no notebook selected - check --from/--only/--until and the params' stages list")
+        raise UserError("no stage selected - check --from/--only/--until and the params' stages list")
+    forced = _forced(force, registry)
     workers = int(parallel if parallel is not None else cfg.params.parallel_notebooks)
     if workers < 1:
         raise UserError(f"--parallel {workers}: pass 1 (one notebook at a time) or more")
@@ -136,86 +73,128 @@ def run_chain(params: str | os.PathLike = "params/demo.yaml", run: str | os.Path
     info = runs.read(cfg.run_dir)
     attempts = info.get("attempts", [])
     attempt = {"started": runs.now(), "stages": [s.name for s in stages], "status": "running",
-               "overrides": dict(overrides or {})}
+               "overrides": dict(overrides or {}), "forced": sorted(forced)}
     attempts.append(attempt)
     runs.update(cfg.run_dir, attempts=attempts)
     log(f"MedXpert run '{cfg.run_name}' ({cfg.params.profile}) -> {cfg.run_dir}")
     total = time.perf_counter()
-    kernel = kernel_name or _kernel_name()
-    failures = _schedule(cfg, stages, waits_for(stages), workers, kernel, dict(overrides or {}), log)
+    chain = _Chain(cfg, stages, registry, forced, workers, kernel_name, dict(overrides or {}), log)
+    failures = chain.run()
     if failures:
-        _close_attempt(cfg, "failed")
+        _close_attempt(cfg, "failed", chain.skipped, chain.ran)
         stage, out, reason = failures[0]
         log(f"  open the executed notebook to see where: {out}")
         raise ChainFailed(stage.name, out, reason)
-    _close_attempt(cfg, "ok")
-    log(f"Run '{cfg.run_name}' finished in {time.perf_counter() - total:.1f} s; outputs in {cfg.run_dir}")
+    _close_attempt(cfg, "ok", chain.skipped, chain.ran)
+    if chain.ran:
+        log(f"Run '{cfg.run_name}' finished in {time.perf_counter() - total:.1f} s; outputs in {cfg.run_dir}")
+    else:
+        log(f"Run '{cfg.run_name}': every stage up to date ({time.perf_counter() - total:.1f} s); "
+            f"outputs in {cfg.run_dir}")
     return cfg
 
 
-def _schedule(cfg: Config, stages: list[Stage], waits: dict[str, set[str]], workers: int, kernel: str,
-              overrides: dict[str, Any], log: Callable[[str], None]) -> list[tuple[Stage, Path, str]]:
-    """Run ``stages`` as their ``waits`` allow, at most ``workers`` at once (in order of number among the
-    ready ones); after a failure start nothing new. Returns the failures (stage, executed notebook, reason).
+class _Chain:
+    """Runs ``stages`` as their needs allow, at most ``workers`` at once (in order among the ready ones), skipping
+    fresh ones; after a failure starts nothing new.
 
-    One notebook at a time runs here; several run in worker processes (papermill's kernel clients each
-    want a process of their own), while this process alone records them in run.json.
+    One notebook at a time runs here; several run in worker processes (papermill's kernel clients each want a
+    process of their own), while this process alone records them in run.json.
     """
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    parameters = {"PARAMS": str(cfg.params_path), "RUN": str(cfg.run_dir), "OVERRIDES": overrides}
-    done: set[str] = set()
-    pending = list(stages)
-    running: dict[Future, tuple[Stage, float]] = {}
-    failures: list[tuple[Stage, Path, str]] = []
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) \
-        if workers > 1 else None
+    def __init__(self, cfg: Config, stages: list[Stage], registry: Registry, forced: set[str], workers: int,
+                 kernel: str | None, overrides: dict[str, object], log: Callable[[str], None]):
+        self.cfg, self.stages, self.registry, self.forced = cfg, stages, registry, forced
+        self.workers, self.kernel, self.log = workers, kernel, log
+        self.waits = waits_for(stages, registry)
+        self.parameters = {"PARAMS": str(cfg.params_path), "RUN": str(cfg.run_dir), "OVERRIDES": overrides}
+        self.skipped: list[str] = []
+        self.ran: list[str] = []
 
-    def start(stage: Stage) -> None:
-        out = cfg.paths.notebooks / stage.path.name
-        log(f"> {stage.name} ...")
-        runs.record_stage(cfg.run_dir, stage.name, status="running", started=runs.now(), notebook=str(out))
-        args = (str(stage.path), str(out), parameters, kernel, str(NOTEBOOKS_DIR))
-        t0 = time.perf_counter()
-        if pool is None:  # one at a time: run it here, now
-            future: Future = Future()
-            future.set_result(_execute(*args))
-        else:
-            future = pool.submit(_execute, *args)
-        running[future] = (stage, t0)
+    def _decide(self, stage: Stage) -> str | None:
+        """None when ``stage`` is up to date and not forced (and says so); else the line to log as it starts."""
+        if stage.number in self.forced:
+            return f"> {stage.name} (forced) ..."
+        status = keys.evaluate(self.cfg, registry=self.registry)[stage.number]
+        if status.state == "fresh":
+            self.log(f"= {stage.name} up to date (key {status.key})")
+            return None
+        why = "; ".join(status.reasons[:3]) + (f"; +{len(status.reasons) - 3} more" if len(status.reasons) > 3 else "")
+        return f"> {stage.name} ({status.state}: {why}) ..."
 
-    try:
-        while pending or running:
-            if not failures:
-                for stage in [s for s in pending if waits[s.number] <= done][:workers - len(running)]:
-                    pending.remove(stage)
-                    start(stage)
-            if not running:
-                break  # a failure left the rest waiting for it
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=lambda f: running[f][0].number):
-                stage, t0 = running.pop(future)
-                wall = time.perf_counter() - t0
-                reason = future.result()
-                if reason is None:
-                    done.add(stage.number)
-                    runs.record_stage(cfg.run_dir, stage.name, status="ok", wall_s=round(wall, 1),
-                                      finished=runs.now(), error=None)
-                    log(f"  {stage.name} done in {wall:.1f} s")
-                else:
-                    runs.record_stage(cfg.run_dir, stage.name, status="failed", wall_s=round(wall, 1), error=reason,
-                                      finished=runs.now())
-                    log(f"x {stage.name} failed after {wall:.1f} s: {reason}")
-                    if running:
-                        log(f"  letting {', '.join(s.name for s, _ in running.values())} finish; starting nothing new")
-                    failures.append((stage, cfg.paths.notebooks / stage.path.name, reason))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return failures
+    def run(self) -> list[tuple[Stage, Path, str]]:
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        cfg = self.cfg
+        kernel = self.kernel
+        done: set[str] = set()
+        pending = list(self.stages)
+        running: dict[Future[str | None], tuple[Stage, float]] = {}
+        failures: list[tuple[Stage, Path, str]] = []
+        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")) \
+            if self.workers > 1 else None
+
+        decided: dict[str, str | None] = {}
+
+        def start(stage: Stage) -> None:
+            nonlocal kernel
+            kernel = kernel or _kernel_name()
+            self.log(decided[stage.number] or f"> {stage.name} ...")
+            out = cfg.paths.notebooks / stage.notebook.name
+            runs.record_stage(cfg.run_dir, stage.name, status="running", started=runs.now(), notebook=str(out))
+            args = (str(stage.notebook), str(out), self.parameters, kernel, str(stage.notebook.parent))
+            t0 = time.perf_counter()
+            future: Future[str | None]
+            if pool is None:  # one at a time: run it here, now
+                future = Future()
+                future.set_result(_execute(*args))
+            else:
+                future = pool.submit(_execute, *args)
+            running[future] = (stage, t0)
+
+        try:
+            while pending or running:
+                progressed = True
+                while progressed and not failures:
+                    progressed = False
+                    for stage in [s for s in pending if self.waits[s.number] <= done]:
+                        if stage.number not in decided:
+                            decided[stage.number] = self._decide(stage)
+                        if decided[stage.number] is None:
+                            pending.remove(stage)
+                            done.add(stage.number)
+                            self.skipped.append(stage.name)
+                            progressed = True
+                        elif len(running) < self.workers:
+                            pending.remove(stage)
+                            start(stage)
+                if not running:
+                    break  # a failure left the rest waiting for it
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: running[f][0].number):
+                    stage, t0 = running.pop(future)
+                    wall = round(time.perf_counter() - t0, 1)
+                    reason = future.result()
+                    if reason is None:
+                        done.add(stage.number)
+                        self.ran.append(stage.name)
+                        status = keys.record_success(cfg, stage, self.registry, wall_s=wall, finished=runs.now())
+                        self.log(f"  {stage.name} done in {wall:.1f} s (key {status.key})")
+                    else:
+                        runs.record_stage(cfg.run_dir, stage.name, status="failed", wall_s=wall, error=reason,
+                                          finished=runs.now())
+                        self.log(f"x {stage.name} failed after {wall:.1f} s: {reason}")
+                        if running:
+                            self.log(f"  letting {', '.join(s.name for s, _ in running.values())} finish; "
+                                     "starting nothing new")
+                        failures.append((stage, cfg.paths.notebooks / stage.notebook.name, reason))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return failures
 
 
-def _execute(notebook: str, out: str, parameters: dict[str, Any], kernel: str, cwd: str) -> str | None:
+def _execute(notebook: str, out: str, parameters: Mapping[str, object], kernel: str, cwd: str) -> str | None:
     """Run one notebook with papermill. Returns None, or the failure's reason (one line)."""
     import papermill as pm
 
@@ -233,11 +212,11 @@ class ChainFailed(UserError):
         self.stage, self.notebook, self.reason = stage, notebook, reason
 
 
-def _close_attempt(cfg: Config, status: str) -> None:
+def _close_attempt(cfg: Config, status: str, skipped: list[str], ran: list[str]) -> None:
     info = runs.read(cfg.run_dir)
     attempts = info.get("attempts", [])
     if attempts:
-        attempts[-1].update(status=status, finished=runs.now())
+        attempts[-1].update(status=status, finished=runs.now(), ran=ran, up_to_date=skipped)
     runs.update(cfg.run_dir, attempts=attempts, updated=runs.now())
 
 

@@ -24,12 +24,13 @@ from medxpert_utils.app.sweep_plan import (
     PlannedRun,
     Sweep,
     SweepError,
-    finished_stages,
+    fresh_stages,
     load_sweep,
     plan,
     sweep_dir,
 )
 from medxpert_utils.core import io, runs
+from medxpert_utils.core.stages import STAGES, Registry
 
 # --------------------------------------------------------------------------- running
 
@@ -39,8 +40,11 @@ Runner = Callable[..., Any]
 
 def run_sweep(path: str | os.PathLike | Sweep, until: str | None = None, parallel: int | None = None,
               dry_run: bool = False, log: Callable[[str], None] = print, runner: Runner | None = None,
-              compare: bool = True) -> dict[str, Any]:
-    """Run every combination of a sweep (skipping those already finished) and compare the runs.
+              compare: bool = True, registry: Registry = STAGES) -> dict[str, Any]:
+    """Run every combination of a sweep (skipping those whose stages are all up to date) and compare the runs.
+
+    A combination whose run folder holds stages made with other params or data reruns exactly its stale stages
+    (their keys say which, :mod:`medxpert_utils.core.keys`); the chain skips the fresh ones.
 
     ``until`` and ``parallel`` default to the sweep file's. ``runner`` is called like
     :func:`pipeline.run_chain` (``runner(base, run=, overrides=, start=, until=, log=)``) and
@@ -51,14 +55,14 @@ def run_sweep(path: str | os.PathLike | Sweep, until: str | None = None, paralle
     """
     sweep = load_sweep(path)
     until = str(until).zfill(2) if until is not None else sweep.spec.until
-    planned = plan(sweep, until)
+    planned = plan(sweep, until, registry)
     folder = sweep_dir(sweep.name)
     _warn_duplicates(planned, log)
 
     records: list[dict[str, Any]] = []
     todo: list[tuple[PlannedRun, dict[str, Any]]] = []
     for item in planned:
-        done = finished_stages(item.combo.run_dir, item.params_hash)
+        done = fresh_stages(item.cfg, registry)
         pending = [s for s in item.stages if s not in done]
         record = {"name": item.combo.name, "run_dir": str(item.combo.run_dir), "overrides": item.combo.overrides,
                   "params_hash": item.params_hash, "status": "skipped" if not pending else "pending",
@@ -85,8 +89,6 @@ def run_sweep(path: str | os.PathLike | Sweep, until: str | None = None, paralle
              "description": sweep.spec.description, "overrides": sweep.spec.overrides, "until": until,
              "parallel": workers, "started": runs.now(), "finished": None, "status": "running", "combinations": records}
     _write_state(folder, state)
-    for item, _ in todo:
-        _set_aside_stale(item, folder, log)
 
     runner = runner or pipeline.run_chain
     try:
@@ -96,7 +98,8 @@ def run_sweep(path: str | os.PathLike | Sweep, until: str | None = None, paralle
                 record.update(status="running", started=runs.now())
                 _write_state(folder, state)
                 record.update(_run_one(runner, sweep.spec.base, item.combo.name, str(item.combo.run_dir),
-                                       item.overrides, record["start"], until, None, log))
+                                       item.overrides, str(record["start"]) if record["start"] else None, until,
+                                       None, log))
                 _report(record, log)
                 _write_state(folder, state)
         else:
@@ -202,21 +205,6 @@ def _cuda_available() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:  # torch missing or broken: no GPU to share
         return False
-
-
-def _set_aside_stale(item: PlannedRun, folder: Path, log: Callable[[str], None]) -> None:
-    """Move a run folder made with other params out of the way, so training never resumes another run's checkpoint."""
-    run_dir = item.combo.run_dir
-    info = runs.read(run_dir)
-    old = info.get("params_hash")
-    if not old or old == item.params_hash:
-        return
-    target = folder / "_superseded" / f"{run_dir.name}__{old}"
-    if target.exists():
-        target = target.with_name(f"{target.name}__{time.strftime('%Y%m%d-%H%M%S')}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.rename(target)
-    log(f"  {run_dir.name} was run with other params (hash {old}); moved to {target} and running afresh")
 
 
 def _warn_duplicates(planned: list[PlannedRun], log: Callable[[str], None]) -> None:

@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medxpert_utils.app import pipeline
-from medxpert_utils.core import runs
+from medxpert_utils.core import keys
 from medxpert_utils.core.config import Config, ConfigError, load
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import PROJECT_ROOT, outputs_dir
+from medxpert_utils.core.stages import STAGES, Registry, select
 
 MAX_NAME_CHARS = 100
 COMPARE_NOTEBOOK = "07_compare_runs.ipynb"
@@ -178,12 +178,13 @@ def expand(sweep_file: str | os.PathLike | Sweep) -> list[Combination]:
 def _combinations(sweep: Sweep) -> list[Combination]:
     spec = sweep.spec
     if spec.grid is not None:
-        keys = list(spec.grid)
-        combos = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+        grid_keys = list(spec.grid)
+        combos: list[Mapping[str, Any]] = [dict(zip(grid_keys, values))
+                                           for values in itertools.product(*(spec.grid[k] for k in grid_keys))]
     else:
         combos = [dict(c) for c in spec.list_ or []]
     names = combination_names(sweep.name, combos)
-    return [Combination(n, c, sweep.name) for n, c in zip(names, combos)]
+    return [Combination(n, dict(c), sweep.name) for n, c in zip(names, combos)]
 
 
 def combination_names(sweep: str, combos: list[Mapping[str, Any]]) -> list[str]:
@@ -259,7 +260,7 @@ class PlannedRun:
         return self.cfg.params_hash()
 
 
-def plan(sweep: Sweep, until: str | None = None) -> list[PlannedRun]:
+def plan(sweep: Sweep, until: str | None = None, registry: Registry = STAGES) -> list[PlannedRun]:
     """Validate every combination with ``config.load`` and the stage selection, before anything runs."""
     planned = []
     for combo in sweep.combinations:
@@ -268,7 +269,7 @@ def plan(sweep: Sweep, until: str | None = None) -> list[PlannedRun]:
             cfg = load(sweep.spec.base, combo.run_dir, overrides)
         except ConfigError as exc:
             raise SweepError(f"sweep {sweep.name}, combination {combo.name}: {exc}") from None
-        stages = pipeline.select(pipeline.discover(), until=until, allowed=cfg.params.stages)
+        stages = select(until=until, allowed=cfg.params.stages, registry=registry)
         if not stages:
             raise SweepError(f"sweep {sweep.name}: no notebook selected for {combo.name} - "
                              "check until and the params' stages")
@@ -276,9 +277,6 @@ def plan(sweep: Sweep, until: str | None = None) -> list[PlannedRun]:
     return planned
 
 
-def finished_stages(run_dir: Path, params_hash: str) -> set[str]:
-    """Notebooks recorded ok in a run folder whose run.json was written with ``params_hash`` (else none)."""
-    info = runs.read(run_dir)
-    if info.get("params_hash") != params_hash:
-        return set()
-    return {name for name, state in info.get("stages", {}).items() if state.get("status") == "ok"}
+def fresh_stages(cfg: Config, registry: Registry = STAGES) -> set[str]:
+    """Stages of a combination's run folder that are up to date for its params (:func:`keys.evaluate`)."""
+    return {s.name for s in keys.evaluate(cfg, registry=registry).stages if s.state == "fresh"}

@@ -428,13 +428,14 @@ def load(params: str | os.PathLike = "params/demo.yaml", run: str | os.PathLike 
     return Config(parsed, run_dir, path, dict(overrides or {}))
 
 
-def from_run(run: str | os.PathLike) -> Config:
-    """Rebuild the Config a finished run used, from its ``run.json``."""
+def from_run(run: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Rebuild the Config a finished run used, from its ``run.json`` (with dotted ``overrides`` applied on top)."""
     run_dir = resolve_run_dir(run)
     run_json = run_dir / "run.json"
     if not run_json.is_file():
         raise ConfigError(f"no run at {run_dir} (missing run.json) - run ./run_all.sh first "
                           "or pass --run with an existing run")
     info = json.loads(run_json.read_text(encoding="utf-8"))
-    parsed = parse_params(info["params"], source=str(run_json))
-    return Config(parsed, run_dir, Path(info.get("params_path") or "") or None, info.get("overrides", {}))
+    parsed = parse_params(apply_overrides(info["params"], overrides or {}), source=str(run_json))
+    recorded = {**info.get("overrides", {}), **dict(overrides or {})}
+    return Config(parsed, run_dir, Path(info.get("params_path") or "") or None, recorded)

@@ -19,9 +19,8 @@ from filelock import FileLock
 
 from medxpert_utils.core import io
 from medxpert_utils.core.config import Config
-from medxpert_utils.core.errors import RunNotReadyError
 from medxpert_utils.core.lock import lock_record
-from medxpert_utils.core.paths import PROJECT_ROOT, outputs_dir, resolve_run_dir
+from medxpert_utils.core.paths import PROJECT_ROOT, outputs_dir
 
 KEY_PACKAGES = (
     "torch", "transformers", "tokenizers", "datasets", "faiss-cpu", "pandas", "numpy", "pillow",
@@ -132,7 +131,7 @@ def is_finished(run_dir: str | Path, through: str | None = None) -> bool:
 def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
     """Runs under ``outputs/`` (newest first) with their profile, status and update time."""
     root = root or outputs_dir()
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not root.is_dir():
         return rows
     for run_json in root.glob("*/run.json"):
@@ -150,12 +149,3 @@ def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
             "finished": bool(stages) and all(v.get("status") == "ok" for v in stages.values()),
         })
     return sorted(rows, key=lambda r: r["updated"], reverse=True)
-
-
-def require_stage(run: str | Path, artifact: Path, stage: str) -> None:
-    """Fail with one line when a later stage needs a file an earlier notebook writes."""
-    if not Path(artifact).exists():
-        run_dir = resolve_run_dir(run)
-        raise RunNotReadyError(
-            f"{artifact} is missing - run notebook {stage} first (./run_all.sh --run {run_dir.name} --from {stage[:2]})"
-        )

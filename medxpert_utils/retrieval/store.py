@@ -9,8 +9,8 @@ Layout (docs/contracts.md, "Embeddings"):
 * ``corpus/`` - the same three files for the search corpus (params ``embed.corpus_splits``).
 * ``rows.parquet`` (in both folders) - what hits show: manifest ``row``, ``study_id``, ``image_path``,
   ``report``, ``split``, ``report_group`` and the 14 label columns.
-* ``cache_key.json`` - hash of the model files, the manifest content and the preprocessing params,
-  written last: a rerun with the same inputs reuses the files, any change recomputes them.
+* ``cache_key.json`` - the key of the model files, the manifest content and the embedding stage's params
+  (:func:`cache_key`), written last: a rerun with the same inputs reuses the files, any change recomputes them.
 
 The eval split and the corpus are embedded once, as one set of rows, and sliced. Each distinct
 report text is embedded once and broadcast to its rows.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ from medxpert_utils.core.errors import RunNotReadyError
 if TYPE_CHECKING:
     from medxpert_utils.core.config import Config
 
-EMBED_VERSION = "embed-v1"  # bump when the embedding code changes what it produces
 CACHE_KEY_FILE = "cache_key.json"
 IDS_FILE = "ids.parquet"
 ROWS_FILE = "rows.parquet"
@@ -71,8 +69,10 @@ def load_embeddings(folder: str | os.PathLike, corpus: bool = False, mmap: bool 
     needed = [where / "image.npy", where / "text.npy", where / IDS_FILE, where / ROWS_FILE, root / CACHE_KEY_FILE]
     missing = [p for p in needed if not p.is_file()]
     if missing:
-        raise RunNotReadyError(f"embeddings missing at {where} ({missing[0].name}) - run notebook 02 "
-                               "(02_embed_index) first")
+        from medxpert_utils.core import stages
+
+        run = root.parent.parent.name if root.parent.name == "embeddings" else None
+        raise RunNotReadyError(f"embeddings missing at {where} ({missing[0].name}) - {stages.hint('02', run)}")
     mode = "r" if mmap else None
     return Embeddings(path=where, image=np.load(where / "image.npy", mmap_mode=mode),
                       text=np.load(where / "text.npy", mmap_mode=mode), ids=pd.read_parquet(where / IDS_FILE),
@@ -120,21 +120,20 @@ def weights_fingerprint(spec: str) -> str:
 
 
 def cache_key(cfg: "Config", model: str, spec: str, frame: pd.DataFrame) -> dict[str, Any]:
-    """Inputs that decide the embeddings: model files, manifest content, preprocessing and splits."""
+    """Inputs that decide one model's embeddings, as one key (:func:`medxpert_utils.core.keys.digest`): the
+    embedding stage's declared params and version, the manifest's content and the model's files.
+
+    Finer than the stage's key: a retrained CLIP changes the fine-tuned vectors' key but not the zero-shot ones'.
+    """
+    from medxpert_utils.core import keys, stages
     from medxpert_utils.data.manifest import content_hash
 
-    components = {
-        "version": EMBED_VERSION,
-        "model": model,
-        "weights_sha256": weights_fingerprint(spec),
-        "manifest_sha256": content_hash(frame),
-        "max_length": cfg.clip.max_length,
-        "eval_split": cfg.embed.eval_split,
-        "corpus_splits": sorted(cfg.embed.corpus_splits),
-    }
-    blob = json.dumps(components, sort_keys=True).encode()
+    stage = stages.get("02")
+    inputs = {"model": model, "weights_sha256": weights_fingerprint(spec), "manifest_sha256": content_hash(frame)}
+    values = keys.declared_values(stage, keys.flatten(cfg.to_dict()), without=("index", "query_check"))
     # The spec (a folder path) is recorded but not hashed: a copied run with the same files reuses its vectors.
-    return {"key": hashlib.sha256(blob).hexdigest()[:20], **components, "model_spec": spec}
+    return {"key": keys.digest(stage.version, values, inputs), "version": stage.version, **inputs,
+            "model_spec": spec}
 
 
 def is_cached(folder: str | os.PathLike, key: dict[str, Any]) -> bool:

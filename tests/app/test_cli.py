@@ -27,7 +27,7 @@ def test_override_needs_key_value(capsys):
 
 def test_unknown_notebook_number(capsys):
     assert cli.main(["run", "params/smoke.yaml", "--from", "42"]) == 2
-    assert "no such notebook" in capsys.readouterr().err
+    assert "--from 42: no such stage" in capsys.readouterr().err
 
 
 def test_empty_query_and_bad_k_are_rejected_before_any_work(capsys):

@@ -174,7 +174,8 @@ def test_no_run_and_missing_stage_messages(isolated_dirs):
 
     partial = _fabricate_run(isolated_dirs, "partial", with_index=False)
     board = _board(partial)
-    assert "Run ./run_all.sh first: outputs/partial is missing 02_embed_index" in board.run_message.value
+    assert ("outputs/partial is missing index/fine_tuned: run 02_embed_index first "
+            "(./run_all.sh --run partial --until 02)") in board.run_message.value
     assert board.assistant is None and board.search_button.disabled
 
     board = _board(isolated_dirs / "nope")
@@ -192,7 +193,9 @@ def test_run_picker_lists_runs_and_switches(isolated_dirs):
     board.runs.value = str(second.resolve())
     assert board.run_dir == second.resolve() and board.k.value == 7 and not board.search_button.disabled
     board.runs.value = str((isolated_dirs / "partial").resolve())
-    assert "missing 02_embed_index" in board.run_message.value and board.search_button.disabled
+    assert "run 02_embed_index first" in board.run_message.value and board.search_button.disabled
+    # runs recorded without stage keys (or with stale ones) are marked in the picker
+    assert all("stale" in label for label, _ in board.runs.options if "finished" in label)
 
 
 def test_query_string_picks_run_and_bad_name_is_a_message(isolated_dirs):
@@ -494,7 +497,7 @@ def test_serve_refuses_a_run_that_is_not_ready(isolated_dirs, capsys):
     _fabricate_run(isolated_dirs, "partial", with_index=False)
     assert server.main(["--run", "partial", "--port", "1"]) == 2
     err = capsys.readouterr().err
-    assert "outputs/partial is missing 02_embed_index" in err and "Traceback" not in err
+    assert "outputs/partial is missing index/fine_tuned: run 02_embed_index first" in err and "Traceback" not in err
 
 
 def test_free_port_skips_a_busy_port():

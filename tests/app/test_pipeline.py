@@ -8,8 +8,9 @@ import nbformat
 import pytest
 
 from medxpert_utils.app import pipeline
-from medxpert_utils.core import runs
+from medxpert_utils.core import runs, stages
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.stages import Stage
 
 
 def _notebook(path, body: str) -> None:
@@ -21,8 +22,17 @@ def _notebook(path, body: str) -> None:
     nbformat.write(nb, str(path))
 
 
+def _stage(folder: Path, name: str, needs: tuple[str, ...] = (), params: tuple[str, ...] = ("seed",),
+           volatile: tuple[str, ...] = ()) -> Stage:
+    number, slug = name.split("_", 1)
+    return Stage(number, slug, slug, needs=needs, params=params, volatile=volatile, artefacts=(),
+                 run_ref="builtins:print", version="v1", notebooks_dir=folder)
+
+
 @pytest.fixture()
-def fake_chain(tmp_path, monkeypatch):
+def fake_chain(tmp_path):
+    """A three-stage registry over throw-away notebooks: 00 reads seed, 01 reads train.lr (train.num_workers is
+    volatile), 02 reads eval.bootstrap; each needs the one before."""
     folder = tmp_path / "notebooks"
     folder.mkdir()
     # Each notebook appends its number to a log file in the run folder, so order and re-runs are visible.
@@ -33,10 +43,8 @@ def fake_chain(tmp_path, monkeypatch):
     _notebook(folder / "01_second.ipynb", record.format(n="01") +
               "import os\nif os.path.exists(Path(RUN) / 'fail'): raise RuntimeError('boom in 01')\n")
     _notebook(folder / "02_third.ipynb", record.format(n="02"))
-    _notebook(folder / "07_compare.ipynb", "raise RuntimeError('not part of the chain')")
-    (folder / "notes.ipynb").write_text("{}")  # not numbered: ignored
-    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
-    return folder
+    return (_stage(folder, "00_first"), _stage(folder, "01_second", ("00",), ("train.lr",), ("train.num_workers",)),
+            _stage(folder, "02_third", ("01",), ("eval.bootstrap",)))
 
 
 def _log(run_dir):
@@ -47,7 +55,7 @@ def _log(run_dir):
 def test_chain_runs_in_order_and_records_status(fake_chain, isolated_dirs):
     messages = []
     cfg = pipeline.run_chain("params/demo.yaml", run="r1", overrides={"seed": 5}, log=messages.append,
-                             parallel=1)  # one at a time, in this process
+                             parallel=1, registry=fake_chain)  # one at a time, in this process
     run_dir = isolated_dirs / "r1"
     assert cfg.run_dir == run_dir
     assert _log(run_dir) == ["00", "01", "02"]
@@ -64,20 +72,20 @@ def test_chain_runs_in_order_and_records_status(fake_chain, isolated_dirs):
     assert any("00_first done in" in m for m in messages)
 
 
-def _failed_run(runs_root, name: str, marker: str, **kwargs):
+def _failed_run(runs_root, name: str, marker: str, registry, **kwargs):
     """Run the chain into a run folder holding ``marker`` (the file a notebook fails on); expect ChainFailed."""
     run_dir = runs_root / name
     run_dir.mkdir()
     (run_dir / marker).write_text("")
     messages: list[str] = []
     with pytest.raises(pipeline.ChainFailed) as info:
-        pipeline.run_chain("params/demo.yaml", run=name, log=messages.append, **kwargs)
+        pipeline.run_chain("params/demo.yaml", run=name, log=messages.append, registry=registry, **kwargs)
     return run_dir, messages, info
 
 
 @pytest.mark.slow
 def test_failure_stops_names_the_notebook_and_resume_continues(fake_chain, isolated_dirs):
-    run_dir, messages, info = _failed_run(isolated_dirs, "r2", "fail")
+    run_dir, messages, info = _failed_run(isolated_dirs, "r2", "fail", fake_chain)
     assert info.value.stage == "01_second"
     assert str(run_dir / "notebooks" / "01_second.ipynb") in messages[-1]
     assert "boom in 01" in info.value.reason
@@ -87,23 +95,56 @@ def test_failure_stops_names_the_notebook_and_resume_continues(fake_chain, isola
     assert state["attempts"][-1]["status"] == "failed"
 
     (run_dir / "fail").unlink()
-    pipeline.run_chain("params/demo.yaml", run="r2", start="01", log=lambda m: None)
-    assert _log(run_dir) == ["00", "01", "01", "02"]
+    pipeline.run_chain("params/demo.yaml", run="r2", log=lambda m: None, registry=fake_chain)
+    assert _log(run_dir) == ["00", "01", "01", "02"]  # 00 was up to date: only the failed one and after it
     state = runs.read(run_dir)
     assert [a["status"] for a in state["attempts"]] == ["failed", "ok"]
-    assert state["attempts"][-1]["stages"] == ["01_second", "02_third"]
+    assert state["attempts"][-1]["ran"] == ["01_second", "02_third"]
+    assert state["attempts"][-1]["up_to_date"] == ["00_first"]
     assert runs.is_finished(run_dir)
 
 
 def test_selection_rules(fake_chain):
-    stages = pipeline.discover()
-    assert [s.number for s in stages] == ["00", "01", "02"]  # 07 and unnumbered notebooks are not in the chain
-    assert [s.number for s in pipeline.select(stages, start="01")] == ["01", "02"]
-    assert [s.number for s in pipeline.select(stages, only=["2"])] == ["02"]
-    assert [s.number for s in pipeline.select(stages, until="01")] == ["00", "01"]
-    assert [s.number for s in pipeline.select(stages, allowed=["00", "02"])] == ["00", "02"]
-    with pytest.raises(UserError, match="no such notebook"):
-        pipeline.select(stages, start="09")
+    assert [s.number for s in stages.select(registry=fake_chain)] == ["00", "01", "02"]
+    assert [s.number for s in stages.select(start="01", registry=fake_chain)] == ["01", "02"]
+    assert [s.number for s in stages.select(only=["2"], registry=fake_chain)] == ["02"]
+    assert [s.number for s in stages.select(until="01", registry=fake_chain)] == ["00", "01"]
+    assert [s.number for s in stages.select(allowed=["00", "02"], registry=fake_chain)] == ["00", "02"]
+    with pytest.raises(UserError, match="no such stage"):
+        stages.select(start="09", registry=fake_chain)
+    # the project's chain is the registry's, one notebook per stage, 07 (comparing runs) outside it
+    assert [s.name for s in stages.select()] == sorted(p.stem for p in pipeline.NOTEBOOKS_DIR.glob("0[0-6]_*.ipynb"))
+    assert all(s.notebook.is_file() for s in stages.STAGES)
+
+
+@pytest.mark.slow
+def test_a_second_run_skips_what_is_up_to_date_and_a_change_redoes_exactly_its_dependents(fake_chain,
+                                                                                            isolated_dirs):
+    run_dir = isolated_dirs / "again"
+    pipeline.run_chain("params/demo.yaml", run="again", log=lambda m: None, registry=fake_chain)
+    messages: list[str] = []
+    pipeline.run_chain("params/demo.yaml", run="again", log=messages.append, registry=fake_chain)
+    assert _log(run_dir) == ["00", "01", "02"]  # nothing ran again
+    assert sum("up to date (key " in m for m in messages) == 3 and "every stage up to date" in messages[-1]
+
+    # a volatile param changes nothing; a declared one redoes its stage and what reads it
+    pipeline.run_chain("params/demo.yaml", run="again", overrides={"train.num_workers": 3}, log=lambda m: None,
+                       registry=fake_chain)
+    assert _log(run_dir) == ["00", "01", "02"]
+    messages.clear()
+    pipeline.run_chain("params/demo.yaml", run="again", overrides={"train.lr": 0.002}, log=messages.append,
+                       registry=fake_chain)
+    assert _log(run_dir) == ["00", "01", "02", "01", "02"]
+    assert any(m.startswith("> 01_second (stale: train.lr: 0.0005 -> 0.002)") for m in messages), messages
+    assert any(m.startswith("> 02_third (stale: input 01_second changed)") for m in messages), messages
+
+    # --force NN redoes that stage alone (its key is unchanged, so nothing after it); --force redoes all
+    pipeline.run_chain("params/demo.yaml", run="again", overrides={"train.lr": 0.002}, log=lambda m: None,
+                       registry=fake_chain, force=["1"])
+    assert _log(run_dir)[5:] == ["01"]
+    pipeline.run_chain("params/demo.yaml", run="again", overrides={"train.lr": 0.002}, log=lambda m: None,
+                       registry=fake_chain, force=True)
+    assert _log(run_dir)[6:] == ["00", "01", "02"]
 
 
 @pytest.mark.slow
@@ -119,10 +160,10 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
               "import os\n(Path(RUN) / 'omp.txt').write_text(os.environ.get('OMP_WAIT_POLICY', ''))\n"
               "from medxpert_utils.core.progress import tqdm\n"
               "for _ in tqdm(range(7), desc='steps'):\n    pass\n")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
     monkeypatch.delenv("MEDXPERT_BATCH", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    pipeline.run_chain("params/demo.yaml", run="ipc", log=lambda message: None)
+    pipeline.run_chain("params/demo.yaml", run="ipc", log=lambda message: None,
+                       registry=(_stage(folder, "00_transport"),))
     assert (isolated_dirs / "ipc" / "transport.txt").read_text() == "ipc"  # no TCP ports, no plain-text warning
     assert (isolated_dirs / "ipc" / "omp.txt").read_text() == "PASSIVE"  # kernels sharing cores do not spin
     # sockets of this kernel alone, under the Jupyter runtime folder (kernels running at once must not share them)
@@ -139,22 +180,17 @@ def test_kernels_talk_over_local_ipc_sockets(tmp_path, monkeypatch, isolated_dir
     assert "MEDXPERT_BATCH" not in os.environ  # the caller's environment is left alone
 
 
-def test_waits_follow_what_each_notebook_reads(tmp_path, monkeypatch):
-    folder = tmp_path / "nb"
-    folder.mkdir()
-    for name in ("00_a", "01_b", "02_c", "03_d", "04_e", "05_f", "06_g", "08_new"):
-        _notebook(folder / f"{name}.ipynb", "pass")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
-    stages = pipeline.discover()
-    waits = pipeline.waits_for(stages)
+def test_waits_follow_what_each_stage_reads():
+    waits = stages.waits_for(stages.STAGES)
     assert waits["01"] == {"00"} and waits["04"] == {"00"}  # the captioner does not wait for CLIP
     assert waits["03"] == {"02"} and waits["05"] == {"02", "04"}  # evaluation and reports side by side
     assert waits["06"] == {"03", "05"}
-    assert waits["08"] == {"00", "01", "02", "03", "04", "05", "06"}  # unknown: after everything before it
     # a selection closes over what is left out: 05 alone waits for nothing, 02 + 05 makes 05 wait for 02
-    assert pipeline.waits_for(pipeline.select(stages, only=["05"])) == {"05": set()}
-    assert pipeline.waits_for(pipeline.select(stages, only=["02", "05"])) == {"02": set(), "05": {"02"}}
-    assert pipeline.waits_for(pipeline.select(stages, only=["00", "06"]))["06"] == {"00"}
+    assert stages.waits_for(stages.select(only=["05"])) == {"05": set()}
+    assert stages.waits_for(stages.select(only=["02", "05"])) == {"02": set(), "05": {"02"}}
+    assert stages.waits_for(stages.select(only=["00", "06"]))["06"] == {"00"}
+    assert [s.number for s in stages.downstream("01")] == ["02", "03", "05", "06"]
+    assert [s.number for s in stages.upstream("05")] == ["00", "01", "02", "04"]
 
 
 def _meet(me: str, other: str) -> str:
@@ -173,7 +209,7 @@ def _meet(me: str, other: str) -> str:
 
 
 @pytest.fixture()
-def forked_chain(tmp_path, monkeypatch):
+def forked_chain(tmp_path):
     """00, then 01 and 04 (both need only 00) which each wait for the other to start, then 05 (needs 04)."""
     folder = tmp_path / "forked"
     folder.mkdir()
@@ -182,15 +218,14 @@ def forked_chain(tmp_path, monkeypatch):
     _notebook(folder / "04_caption.ipynb", _meet("04", "01"))
     _notebook(folder / "05_report.ipynb", "from pathlib import Path\nassert (Path(RUN) / 'done-04').exists()\n"
                                           "(Path(RUN) / 'done-05').write_text('')\n")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
-    monkeypatch.setitem(pipeline.NEEDS, "05", ("04",))  # here the report reads only the captions
-    return folder
+    return (_stage(folder, "00_data"), _stage(folder, "01_train", ("00",)), _stage(folder, "04_caption", ("00",)),
+            _stage(folder, "05_report", ("04",)))  # here the report reads only the captions
 
 
 @pytest.mark.slow
 def test_independent_notebooks_run_side_by_side(forked_chain, isolated_dirs):
     messages = []
-    pipeline.run_chain("params/demo.yaml", run="fork", parallel=2, log=messages.append)
+    pipeline.run_chain("params/demo.yaml", run="fork", parallel=2, log=messages.append, registry=forked_chain)
     run_dir = isolated_dirs / "fork"
     assert all((run_dir / f"done-{n}").exists() for n in ("01", "04", "05"))  # 01 and 04 met, so ran at once
     info = runs.read(run_dir)  # every writer's record survived the concurrent updates of run.json
@@ -203,7 +238,7 @@ def test_independent_notebooks_run_side_by_side(forked_chain, isolated_dirs):
 
 @pytest.mark.slow
 def test_a_parallel_failure_lets_the_running_notebook_finish_and_starts_nothing_after(forked_chain, isolated_dirs):
-    run_dir, messages, info = _failed_run(isolated_dirs, "fork2", "fail-04", parallel=2)
+    run_dir, messages, info = _failed_run(isolated_dirs, "fork2", "fail-04", forked_chain, parallel=2)
     assert info.value.stage == "04_caption" and "boom in 04" in info.value.reason
     assert (run_dir / "done-01").exists()  # finished after 04 had failed (never lose finished work)
     assert not (run_dir / "done-05").exists()  # needs the failed one: never started
@@ -215,4 +250,4 @@ def test_a_parallel_failure_lets_the_running_notebook_finish_and_starts_nothing_
 
 def test_parallel_must_be_positive(fake_chain, isolated_dirs):
     with pytest.raises(UserError, match="--parallel 0"):
-        pipeline.run_chain("params/demo.yaml", run="p0", parallel=0, log=lambda m: None)
+        pipeline.run_chain("params/demo.yaml", run="p0", parallel=0, log=lambda m: None, registry=fake_chain)

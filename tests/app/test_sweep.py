@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from medxpert_utils.app import cli, pipeline, sweep, sweep_plan
-from medxpert_utils.core import io, runs
+from medxpert_utils.core import io, keys, runs
 from medxpert_utils.core.config import load
 from medxpert_utils.core.paths import PROJECT_ROOT
+from medxpert_utils.core.stages import Stage, select
 
 
 def _write_sweep(tmp_path: Path, body: dict, name: str = "grid") -> Path:
@@ -21,16 +22,22 @@ def _write_sweep(tmp_path: Path, body: dict, name: str = "grid") -> Path:
     return path
 
 
+# The chain seen by the sweep: 00 reads the seed, 01 the training params (notebooks need not exist for planning).
+FAKE_STAGES = (
+    Stage("00", "data", "data", needs=(), params=("seed",), volatile=(), artefacts=(), run_ref="builtins:print",
+          version="v1"),
+    Stage("01", "train", "train", needs=("00",), params=("train",), volatile=(), artefacts=(),
+          run_ref="builtins:print", version="v1"),
+)
+
+
 @pytest.fixture()
-def fake_stages(tmp_path, monkeypatch):
-    """The chain seen by the sweep: two notebooks 00 and 01 (files need not exist for planning)."""
-    stages = [pipeline.Stage("00", tmp_path / "00_data.ipynb"), pipeline.Stage("01", tmp_path / "01_train.ipynb")]
-    monkeypatch.setattr(pipeline, "discover", lambda notebooks_dir=None: list(stages))
-    return stages
+def fake_stages():
+    return FAKE_STAGES
 
 
 class FakeRunner:
-    """Stands in for pipeline.run_chain: records calls and leaves the run.json a finished run would."""
+    """Stands in for pipeline.run_chain: records calls and leaves the run.json a finished run would (keys too)."""
 
     def __init__(self, fail_when=None):
         self.calls: list[dict] = []
@@ -42,8 +49,8 @@ class FakeRunner:
         if self.fail_when(overrides):
             runs.record_stage(cfg.run_dir, "00_data", status="failed")
             raise pipeline.ChainFailed("00_data", cfg.paths.notebooks / "00_data.ipynb", "RuntimeError: boom")
-        for stage in pipeline.select(pipeline.discover(), start, None, until):
-            runs.record_stage(cfg.run_dir, stage.name, status="ok", wall_s=0.1)
+        for stage in select(start, None, until, registry=FAKE_STAGES):
+            keys.record_success(cfg, stage, FAKE_STAGES, wall_s=0.1)
         return cfg
 
 
@@ -126,7 +133,7 @@ def test_a_bad_param_in_any_combination_fails_before_anything_runs(tmp_path, fak
     bad_value = _write_sweep(tmp_path, {"base": "params/smoke.yaml", "grid": {"train.loss": ["infonce", "hinge"]}}, "v")
     with pytest.raises(sweep_plan.SweepError, match="train.loss"):
         sweep.run_sweep(bad_value, runner=runner, compare=False, log=lambda m: None)
-    with pytest.raises(Exception, match="no such notebook"):
+    with pytest.raises(Exception, match="no such stage"):
         sweep.run_sweep(_write_sweep(tmp_path, {"base": "params/smoke.yaml", "grid": {"seed": [1]}, "until": "09"},
                                      "u"),
                         runner=runner, compare=False, log=lambda m: None)
@@ -136,36 +143,39 @@ def test_a_bad_param_in_any_combination_fails_before_anything_runs(tmp_path, fak
 # --------------------------------------------------------------------------- running and resuming
 
 
-def _fabricate(planned: sweep_plan.PlannedRun, stages: dict[str, str], params_hash: str | None = None) -> None:
-    runs.update(planned.combo.run_dir, params=planned.cfg.to_dict(), params_hash=params_hash or planned.params_hash,
-                stages={name: {"status": status, "wall_s": 1.0} for name, status in stages.items()})
+def _fabricate(planned: sweep_plan.PlannedRun, stages: dict[str, str], overrides: dict | None = None) -> None:
+    """A run folder as the chain leaves it, with the given stage outcomes, made under ``overrides`` of the plan's."""
+    cfg = load("params/smoke.yaml", planned.combo.run_dir, {**planned.overrides, **(overrides or {})})
+    runs.prepare(cfg)
+    for stage in FAKE_STAGES:
+        if stages.get(stage.name) == "ok":
+            keys.record_success(cfg, stage, FAKE_STAGES)
+        elif stage.name in stages:
+            runs.record_stage(cfg.run_dir, stage.name, status=stages[stage.name])
 
 
-def test_resume_skips_finished_reruns_changed_and_continues_partial(tmp_path, fake_stages):
+def test_resume_skips_fresh_reruns_stale_and_continues_partial(tmp_path, fake_stages):
     path = _write_sweep(tmp_path, {"base": "params/smoke.yaml", "overrides": {"train.max_steps": 2},
                                    "grid": {"seed": [1, 2, 3, 4]}})
-    planned = sweep_plan.plan(sweep_plan.load_sweep(path))
+    planned = sweep_plan.plan(sweep_plan.load_sweep(path), registry=FAKE_STAGES)
     done, changed, partial, fresh = planned
-    _fabricate(done, {"00_data": "ok", "01_train": "ok"})
-    _fabricate(changed, {"00_data": "ok", "01_train": "ok"}, params_hash="0" * 16)
+    _fabricate(done, {"00_data": "ok", "01_train": "ok"}, {"dashboard.default_k": 7})  # no stage reads it
+    _fabricate(changed, {"00_data": "ok", "01_train": "ok"}, {"train.lr": 0.5})
     (changed.combo.run_dir / "marker").write_text("old")
     _fabricate(partial, {"00_data": "ok", "01_train": "failed"})
 
     runner = FakeRunner()
     messages: list[str] = []
-    summary = sweep.run_sweep(path, runner=runner, compare=False, log=messages.append)
+    summary = sweep.run_sweep(path, runner=runner, compare=False, log=messages.append, registry=FAKE_STAGES)
 
     assert {c["run"] for c in runner.calls} == {str(p.combo.run_dir) for p in (changed, partial, fresh)}
     by_run = {c["run"]: c for c in runner.calls}
     assert by_run[str(partial.combo.run_dir)]["start"] == "01"  # continues at the notebook that did not finish
+    assert by_run[str(changed.combo.run_dir)]["start"] == "01"  # only training's params changed
     assert by_run[str(fresh.combo.run_dir)]["start"] == "00"
     assert by_run[str(fresh.combo.run_dir)]["overrides"] == {"train.max_steps": 2, "seed": 4}
     assert (summary["total"], summary["ran"], summary["skipped"], summary["failed"]) == (4, 3, 1, 0)
-    # the folder run with other params was moved aside, not resumed or deleted
-    superseded = sweep_plan.sweep_dir("grid") / "_superseded" / f"{changed.combo.run_dir.name}__{'0' * 16}"
-    assert (superseded / "marker").read_text() == "old"
-    assert not (changed.combo.run_dir / "marker").exists()
-    assert any("other params" in m for m in messages)
+    assert (changed.combo.run_dir / "marker").read_text() == "old"  # redone in place, never deleted
 
     state = io.read_json(sweep_plan.sweep_dir("grid") / "sweep.json")
     assert state["status"] == "ok" and state["name"] == "grid"
@@ -173,24 +183,26 @@ def test_resume_skips_finished_reruns_changed_and_continues_partial(tmp_path, fa
     assert [c["name"] for c in state["combinations"]] == [p.combo.name for p in planned]
 
     again = FakeRunner()
-    summary = sweep.run_sweep(path, runner=again, compare=False, log=lambda m: None)
+    summary = sweep.run_sweep(path, runner=again, compare=False, log=lambda m: None, registry=FAKE_STAGES)
     assert again.calls == [] and summary["skipped"] == 4
 
 
 def test_until_limits_what_counts_as_finished(tmp_path, fake_stages):
     path = _write_sweep(tmp_path, {"base": "params/smoke.yaml", "grid": {"seed": [1]}, "until": 0})
-    (item,) = sweep_plan.plan(sweep_plan.load_sweep(path), "00")
+    (item,) = sweep_plan.plan(sweep_plan.load_sweep(path), "00", registry=FAKE_STAGES)
     _fabricate(item, {"00_data": "ok"})
     runner = FakeRunner()
-    assert sweep.run_sweep(path, runner=runner, compare=False, log=lambda m: None)["skipped"] == 1  # file's until: 00
-    summary = sweep.run_sweep(path, until="01", runner=runner, compare=False, log=lambda m: None)
+    assert sweep.run_sweep(path, runner=runner, compare=False, log=lambda m: None,
+                           registry=FAKE_STAGES)["skipped"] == 1  # the file's until: 00
+    summary = sweep.run_sweep(path, until="01", runner=runner, compare=False, log=lambda m: None,
+                              registry=FAKE_STAGES)
     assert summary["ran"] == 1 and runner.calls[0]["start"] == "01" and runner.calls[0]["until"] == "01"
 
 
 def test_a_failing_combination_is_recorded_and_the_others_run(tmp_path, fake_stages):
     path = _write_sweep(tmp_path, {"base": "params/smoke.yaml", "grid": {"seed": [1, 2, 3]}})
     runner = FakeRunner(fail_when=lambda overrides: overrides["seed"] == 2)
-    summary = sweep.run_sweep(path, runner=runner, compare=False, log=lambda m: None)
+    summary = sweep.run_sweep(path, runner=runner, compare=False, log=lambda m: None, registry=FAKE_STAGES)
     assert len(runner.calls) == 3
     assert (summary["ran"], summary["failed"]) == (2, 1)
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
@@ -203,7 +215,7 @@ def test_dry_run_lists_and_writes_nothing(tmp_path, fake_stages, monkeypatch, ca
     path = _write_sweep(tmp_path, {"base": "params/smoke.yaml", "grid": {"seed": [1, 2]}})
     runner = FakeRunner()
     messages: list[str] = []
-    summary = sweep.run_sweep(path, dry_run=True, runner=runner, log=messages.append)
+    summary = sweep.run_sweep(path, dry_run=True, runner=runner, log=messages.append, registry=FAKE_STAGES)
     assert runner.calls == [] and not sweep_plan.sweep_dir("grid").exists()
     assert [r["status"] for r in summary["runs"]] == ["would run", "would run"]
     assert any("grid__seed=1" in m for m in messages)
@@ -229,7 +241,8 @@ def test_parallel_is_capped_and_warns_on_oversubscription(tmp_path, fake_stages,
 def test_parallel_runs_in_worker_processes_with_a_share_of_the_cores(tmp_path, fake_stages, monkeypatch):
     monkeypatch.setattr(sweep, "_cores", lambda: 4)
     path = _write_sweep(tmp_path, {"base": "params/smoke.yaml", "grid": {"seed": [1, 2]}, "until": "00"})
-    summary = sweep.run_sweep(path, parallel=2, runner=record_env_runner, compare=False, log=lambda m: None)
+    summary = sweep.run_sweep(path, parallel=2, runner=record_env_runner, compare=False, log=lambda m: None,
+                              registry=FAKE_STAGES)
     assert summary["ran"] == 2
     envs = [json.loads((Path(r["run_dir"]) / "env.json").read_text()) for r in summary["runs"]]
     assert [e["OMP_NUM_THREADS"] for e in envs] == ["2", "2"]  # 4 cores // 2 runs

@@ -1,6 +1,6 @@
 import pytest
 
-from medxpert_utils.core import config, io, runs
+from medxpert_utils.core import config, io, runs, stages
 from medxpert_utils.core.errors import RunNotReadyError
 
 
@@ -36,8 +36,15 @@ def test_from_run_rebuilds_the_config(isolated_dirs):
 def test_missing_run_and_stage_errors_are_one_line(isolated_dirs):
     with pytest.raises(config.ConfigError, match="run ./run_all.sh first"):
         config.from_run("nope")
-    with pytest.raises(RunNotReadyError, match="run notebook 02_embed_index first"):
-        runs.require_stage("x", isolated_dirs / "x" / "embeddings", "02_embed_index")
+    with pytest.raises(RunNotReadyError) as info:
+        stages.require(isolated_dirs / "x", "02")
+    assert str(info.value) == (f"{isolated_dirs / 'x' / 'embeddings' / 'zero_shot'} is missing - run 02_embed_index "
+                               "first (./run_all.sh --run x --until 02)")
+    assert "\n" not in str(info.value)
+    # the registry says who writes what
+    assert stages.producer("embeddings/fine_tuned/corpus/image.npy").name == "02_embed_index"
+    assert stages.producer("metrics/grounding.json").name == "03_retrieval_eval"
+    assert stages.producer(isolated_dirs / "x" / "models" / "clip", isolated_dirs / "x").name == "01_clip_finetune"
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

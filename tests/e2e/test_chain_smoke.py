@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medxpert_utils.app.pipeline import discover
 from medxpert_utils.core import io
+from medxpert_utils.core.stages import STAGES
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 
 pytestmark = pytest.mark.slow
@@ -23,11 +23,12 @@ MANIFEST_COLUMNS = ["study_id", "patient_id", "image_path", "findings", "impress
 
 def test_every_notebook_ran_and_was_recorded(smoke_run):
     info = io.read_json(smoke_run / "run.json")
-    expected = {s.name for s in discover()}
+    expected = {s.name for s in STAGES}
     assert set(info["stages"]) == expected
     for name, stage in info["stages"].items():
         assert stage["status"] == "ok", (name, stage.get("error"))
         assert stage["wall_s"] > 0
+        assert len(stage["key"]) == 16 and stage["version"] and isinstance(stage["params"], dict)
         nb = nbformat.read(str(smoke_run / "notebooks" / f"{name}.ipynb"), as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, name
@@ -104,3 +105,41 @@ def test_captions_and_reports(smoke_run):
         assert "not for clinical use" in report.disclaimer.lower()
     assert list((smoke_run / "reports").glob("*.html"))
     assert io.read_json(smoke_run / "metrics" / "reports.json")
+
+
+def test_a_rerun_skips_every_stage_and_a_copied_run_is_up_to_date(smoke_run, tmp_path):
+    import shutil
+
+    from medxpert_utils.app.pipeline import run_chain
+    from medxpert_utils.core import config, keys
+
+    copy = tmp_path / "copied"
+    shutil.copytree(smoke_run, copy)  # copying a run shares it: its keys hold in another folder
+    assert keys.evaluate(config.load("params/smoke.yaml", copy)).fresh
+    messages: list[str] = []
+    run_chain("params/smoke.yaml", run=copy, log=messages.append)
+    assert sum(" up to date (key " in m for m in messages) == len(STAGES), messages
+    attempt = io.read_json(copy / "run.json")["attempts"][-1]
+    assert attempt["ran"] == [] and len(attempt["up_to_date"]) == len(STAGES)
+
+
+def test_a_new_learning_rate_redoes_training_and_what_reads_it_but_not_data_or_captions(smoke_run, tmp_path):
+    import shutil
+
+    from medxpert_utils.app.pipeline import run_chain
+    from medxpert_utils.core import config, keys
+
+    run_dir = tmp_path / "lr"
+    shutil.copytree(smoke_run, run_dir)
+    overrides = {"train.lr": 0.002}
+    before = keys.evaluate(config.load("params/smoke.yaml", run_dir, overrides))
+    predicted = [s.name for s in before.stages if s.state != "fresh"]
+    assert predicted == ["01_clip_finetune", "02_embed_index", "03_retrieval_eval", "05_diagnosis_reports",
+                         "06_dashboard"]
+    model = (run_dir / "models" / "clip" / "model.safetensors").read_bytes()
+    run_chain("params/smoke.yaml", run=run_dir, overrides=overrides, log=lambda m: None)
+    attempt = io.read_json(run_dir / "run.json")["attempts"][-1]
+    assert sorted(attempt["ran"]) == predicted  # status said what the run then did (03 and 05 run side by side)
+    assert attempt["up_to_date"] == ["00_data_prep", "04_blip_captions"]
+    assert (run_dir / "models" / "clip" / "model.safetensors").read_bytes() != model  # retrained, not resumed
+    assert keys.evaluate(config.load("params/smoke.yaml", run_dir, overrides)).fresh

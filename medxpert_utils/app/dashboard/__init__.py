@@ -1,5 +1,19 @@
 """The Voilà dashboard (notebook 06): ``build_app(run_dir)`` returns the page as one widget."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from medxpert_utils.app.dashboard.controller import Dashboard, build_app
 
-__all__ = ["Dashboard", "build_app"]
+if TYPE_CHECKING:
+    import ipywidgets
+
+    from medxpert_utils.core.config import Config
+
+__all__ = ["Dashboard", "build_app", "run_stage"]
+
+
+def run_stage(cfg: Config) -> ipywidgets.Widget:
+    """The dashboard stage: build the page on the run, as Voilà will serve it (models load on first query)."""
+    return build_app(cfg.run_dir, warm_up=False)

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from PIL import Image
 
-from medxpert_utils.core import runs
+from medxpert_utils.core import keys, runs, stages
 from medxpert_utils.core.errors import UserError
-from medxpert_utils.core.paths import RunPaths, outputs_dir, resolve_run_dir
+from medxpert_utils.core.paths import outputs_dir, resolve_run_dir
 from medxpert_utils.data.images import load_image
 
 KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def pick_run(run: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Path | None:
+def pick_run(run: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
     """The run to show: ``run`` (papermill's RUN), else ``?run=NAME`` in the page URL, else
     ``MEDXPERT_RUN``, else the newest finished run under ``outputs/`` (None when there is none).
 
@@ -29,17 +29,17 @@ def pick_run(run: str | os.PathLike | None = None, environ: dict[str, str] | Non
     variable. A name from the URL must be a plain run name under ``outputs/`` (no paths), since
     anyone who can open the page can type it.
     """
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if run:
         return resolve_run_dir(run)
-    name = parse_qs(environ.get("QUERY_STRING", "")).get("run", [""])[0].strip()
+    name = parse_qs(env.get("QUERY_STRING", "")).get("run", [""])[0].strip()
     if name:
         if not _RUN_NAME.fullmatch(name):
             raise UserError(f"?run={name!r} is not a run name - use the name of a folder under outputs/, "
                             "e.g. ?run=demo")
         return outputs_dir() / name
-    if environ.get("MEDXPERT_RUN", "").strip():
-        return resolve_run_dir(environ["MEDXPERT_RUN"].strip())
+    if env.get("MEDXPERT_RUN", "").strip():
+        return resolve_run_dir(env["MEDXPERT_RUN"].strip())
     finished = [r for r in runs.list_runs() if r["finished"]]
     return Path(finished[0]["path"]) if finished else None
 
@@ -60,25 +60,25 @@ def run_problem(run_dir: Path | None, model: str = "fine_tuned") -> str | None:
     shown = display_run(run_dir)
     if not (run_dir / "run.json").is_file():
         return f"Run ./run_all.sh first: {shown} is missing (no run.json)."
-    paths = RunPaths(run_dir)
-    stages = runs.read(run_dir).get("stages", {})
-    # What the page reads, and the notebook that writes it (captions are optional: the page says when absent).
-    needs = ((paths.manifest, "00_data_prep"), (paths.index(model), "02_embed_index"),
-             (paths.embeddings(model), "02_embed_index"))
-    for path, stage in needs:
-        status = stages.get(stage, {}).get("status")
-        if not path.exists() or status not in (None, "ok"):
-            note = f" ({stage} {status})" if status not in (None, "ok") else ""
-            return (f"Run ./run_all.sh first: {shown} is missing {stage}{note} "
-                    f"(./run_all.sh --run {run_dir.name} --from {stage[:2]}).")
+    recorded = runs.read(run_dir).get("stages", {})
+    # What the page reads (captions are optional: the page says when absent); the registry says who writes it.
+    for relative in ("data/manifest.parquet", f"index/{model}", f"embeddings/{model}"):
+        stage = stages.producer(relative)
+        status = recorded.get(stage.name, {}).get("status")
+        if not (run_dir / relative).exists() or status not in (None, "ok"):
+            note = f" ({stage.name} {status})" if status not in (None, "ok") else ""
+            return f"{shown} is missing {relative}{note}: {stages.hint(stage, run_dir.name)}."
     return None
 
 
 def run_options(selected: Path | None) -> list[tuple[str, str]]:
-    """Dropdown options (label, run folder) for the runs under ``outputs/``, plus ``selected``."""
+    """Dropdown options (label, run folder) for the runs under ``outputs/``, plus ``selected``; a run whose
+    stages are not all up to date for its own params and data (:func:`keys.run_state`) is marked stale."""
     options = []
     for row in runs.list_runs():
         state = "finished" if row["finished"] else "unfinished"
+        if row["finished"] and keys.run_state(Path(row["path"])) != "fresh":
+            state = "finished, stale"
         options.append((f"{row['run']} ({row['profile']}, {state})", str(Path(row["path"]).resolve())))
     if selected is not None and str(Path(selected).resolve()) not in {v for _, v in options}:
         options.insert(0, (display_run(selected), str(Path(selected).resolve())))
@@ -115,7 +115,7 @@ def decode_upload(upload: Upload, max_mb: float) -> Image.Image:
     return load_image(upload.content, name=upload.name, max_bytes=int(max_mb * 1024 * 1024))
 
 
-def gemini_available(environ: dict[str, str] | None = None) -> bool:
+def gemini_available(environ: Mapping[str, str] | None = None) -> bool:
     """True when a Gemini API key is set in the environment (the page then offers Gemini reports)."""
-    environ = os.environ if environ is None else environ
-    return any(environ.get(name, "").strip() for name in KEY_ENV)
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    return any(env.get(name, "").strip() for name in KEY_ENV)
