@@ -226,7 +226,8 @@ def _history(train: Any) -> list[dict]:
 
 def _retrieval_metrics(payload: dict) -> dict[str, float]:
     out: dict[str, float] = {}
-    models = payload.get("models") if isinstance(payload.get("models"), dict) else {}
+    found = payload.get("models")
+    models: dict[str, Any] = found if isinstance(found, dict) else {}
     for model, short in _MODELS.items():  # the contract's two models; others are not compared
         directions = models.get(model)
         if not isinstance(directions, dict):

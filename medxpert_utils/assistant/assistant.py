@@ -21,12 +21,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from PIL import Image
 
 from medxpert_utils.captions import Captioner
-from medxpert_utils.core import config, io
+from medxpert_utils.core import config, io, stages
 from medxpert_utils.core.errors import (
     ImageLoadError,
     MissingModelError,
@@ -43,7 +43,7 @@ from medxpert_utils.report.context import ReportContext, RetrievedCase
 from medxpert_utils.report.gemini import GeminiReporter, api_key_from_env
 from medxpert_utils.report.offline import RetrievalReporter
 from medxpert_utils.report.render import render_html
-from medxpert_utils.report.schema import DiagnosisReport
+from medxpert_utils.report.schema import DiagnosisReport, Finding
 from medxpert_utils.report.scoring import REPORTS_FILE, score_reports
 from medxpert_utils.retrieval.explain import Explainer, selected_method
 from medxpert_utils.retrieval.ood import QueryCheck, QueryChecker
@@ -55,6 +55,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from medxpert_utils.core.config import Config
+    from medxpert_utils.speech.audio import Audio
+
+# A query image as the doors hand it over: a file path, the file's bytes, a PIL image or an (H, W[, C]) array.
+ImageQuery: TypeAlias = "str | os.PathLike[str] | bytes | Image.Image | np.ndarray"
+# A spoken query: a file path, the file's bytes or decoded audio.
+AudioQuery: TypeAlias = "str | os.PathLike[str] | bytes | Audio"
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ class ReportBatch:
     """What :meth:`Assistant.generate_reports` produced."""
 
     reports: list[DiagnosisReport]
-    metrics: dict[str, Any]
+    metrics: dict[str, object]
     cases: dict[str, list] = field(default_factory=dict)  # query study_id -> evidence cases
 
     def table(self) -> pd.DataFrame:
@@ -135,7 +141,7 @@ class Assistant:
                 self._checkers[model] = QueryChecker.from_run(self.cfg, model)
             return self._checkers[model]
 
-    def check_query(self, *, image: Any = None, text: str | None = None, model: str = "fine_tuned",
+    def check_query(self, *, image: ImageQuery | None = None, text: str | None = None, model: str = "fine_tuned",
                     facts: ImageFacts | None = None) -> QueryCheck:
         """Is the query like the run's corpus? (:mod:`medxpert_utils.retrieval.ood`)
 
@@ -154,7 +160,7 @@ class Assistant:
             facts = image_facts(image)
         return checker.check_vector(self._image_vector(image, model), facts)
 
-    def _image_vector(self, image: Any, model: str) -> "np.ndarray":
+    def _image_vector(self, image: ImageQuery, model: str) -> "np.ndarray":
         """The query image's embedding, kept for the one query object last embedded: the check and the search of
         one query share it instead of embedding the image twice."""
         with self.lock:
@@ -181,14 +187,14 @@ class Assistant:
             return offline
         return GeminiReporter(self.cfg.llm, fallback=offline, cache_dir=self.cfg.paths.llm_cache if cache else None)
 
-    def transcribe(self, audio: Any, name: str | None = None) -> Transcript:
+    def transcribe(self, audio: AudioQuery, name: str | None = None) -> Transcript:
         """A spoken query as text with the run's recogniser (``asr.backend``; loaded once, outside the model lock)."""
         if self._transcriber is None:
             self._transcriber = Transcriber(self.cfg)
         return self._transcriber.transcribe(audio, name=name)
 
     # --- one query, step by step (the dashboard shows each step) -----------------------------------
-    def search(self, *, image: Any = None, text: str | None = None, k: int = 5,
+    def search(self, *, image: ImageQuery | None = None, text: str | None = None, k: int = 5,
                model: str = "fine_tuned") -> list[Hit]:
         """Ranked hits: an image query ranks distinct reports, a text query ranks images."""
         if (image is None) == (text is None):
@@ -201,7 +207,7 @@ class Assistant:
         with self.lock:
             return engine.search_text(text, k)
 
-    def similar_cases(self, *, image: Any = None, text: str | None = None, k: int = 5,
+    def similar_cases(self, *, image: ImageQuery | None = None, text: str | None = None, k: int = 5,
                       model: str = "fine_tuned") -> list[RetrievedCase]:
         """The ``k`` most similar studies: twice ``k`` hits fetched, the best hit of each study kept."""
         return ReportContext.build(self.search(image=image, text=text, k=2 * k, model=model), k=k).cases
@@ -210,7 +216,7 @@ class Assistant:
         """The run's BLIP caption of ``image``; a one-line error when the run has no captioner."""
         model = self.captioner()
         if model is None:
-            raise MissingModelError("this run has no captioning model (notebook 04_blip_captions did not run)")
+            raise MissingModelError(f"this run has no captioning model - {stages.hint('04', self.cfg.run_name)}")
         with self.lock:
             return model.caption([image])[0]
 
@@ -256,7 +262,8 @@ class Assistant:
                     self._explainers[model] = Explainer(clip_model, processor, max_length=engine.max_length)
             return self._explainers[model]
 
-    def explain(self, image: Any, text: str, model: str = "fine_tuned", method: str | None = None) -> "np.ndarray":
+    def explain(self, image: ImageQuery, text: str, model: str = "fine_tuned",
+                method: str | None = None) -> "np.ndarray":
         """Similarity map of ``text`` over ``image`` (the image's size, higher = more similar); ``method``
         defaults to the one the run's grounding evaluation chose (``metrics/grounding.json``)."""
         explainer = self.explainer(model)
@@ -268,7 +275,7 @@ class Assistant:
         """The phrases of ``report``'s present or uncertain findings ("left pleural effusion"), each once."""
         return list(dict.fromkeys(finding_phrase(f) for f in report.findings if f.status != "absent"))
 
-    def explain_findings(self, image: Any, report: DiagnosisReport, model: str = "fine_tuned",
+    def explain_findings(self, image: ImageQuery, report: DiagnosisReport, model: str = "fine_tuned",
                          method: str | None = None) -> dict[str, "np.ndarray"]:
         """One map per present or uncertain finding of ``report``, keyed by its phrase ("left pleural effusion")."""
         phrases = self.finding_phrases(report)
@@ -280,7 +287,7 @@ class Assistant:
         return dict(zip(phrases, maps))
 
     # --- one query, whole (CLI) -----------------------------------------------------------------
-    def diagnose(self, image: Any = None, text: str | None = None, question: str | None = None,
+    def diagnose(self, image: ImageQuery | None = None, text: str | None = None, question: str | None = None,
                  k: int | None = None, generator: str = "auto", model: str = "fine_tuned",
                  force: bool = False) -> DiagnosisReport:
         """A structured report for one image (path, bytes or PIL image) or text query.
@@ -292,7 +299,7 @@ class Assistant:
         return self.diagnose_with_cases(image=image, text=text, question=question, k=k, generator=generator,
                                         model=model, force=force)[0]
 
-    def diagnose_with_cases(self, image: Any = None, text: str | None = None, question: str | None = None,
+    def diagnose_with_cases(self, image: ImageQuery | None = None, text: str | None = None, question: str | None = None,
                             k: int | None = None, generator: str = "auto", model: str = "fine_tuned",
                             force: bool = False) -> tuple[DiagnosisReport, list[RetrievedCase]]:
         """:meth:`diagnose`, also returning the evidence cases (for galleries and HTML thumbnails)."""
@@ -400,7 +407,7 @@ def _is_positive(value: Any) -> bool:
         return False
 
 
-def finding_phrase(finding: Any) -> str:
+def finding_phrase(finding: Finding) -> str:
     """A report finding as a short phrase: its location and observation ("left pleural effusion")."""
     name = str(finding.name).lower()
     location = (finding.location or "").strip().lower()

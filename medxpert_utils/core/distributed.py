@@ -70,11 +70,11 @@ class Distributed:
         import torch.distributed as dist
 
         n = torch.tensor([x.shape[0]], device=x.device)
-        sizes = [torch.zeros_like(n) for _ in range(self.world)]
-        dist.all_gather(sizes, n)
-        sizes = [int(size) for size in sizes]
+        gathered = [torch.zeros_like(n) for _ in range(self.world)]
+        dist.all_gather(gathered, n)
+        sizes = [int(size) for size in gathered]
         if x.shape[0] < max(sizes):
-            x = torch.cat([x, x.new_zeros(max(sizes) - x.shape[0], *x.shape[1:])])
+            x = torch.cat([x, x.new_zeros((max(sizes) - x.shape[0], *x.shape[1:]))])
         parts = _GatherWithGrad.apply(x.contiguous())
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 

@@ -41,7 +41,8 @@ def _batch_bar_class() -> type:
         def close(self) -> None:
             if not self.disable and hasattr(self, "last_print_t"):
                 # tqdm skips the final line of a bar that ended within its delay; it is the one we want
-                self.last_print_t = max(self.last_print_t, self.start_t + self.delay)
+                last: float = getattr(self, "last_print_t")  # noqa: B009 (set by tqdm while it prints)
+                self.last_print_t = max(last, self.start_t + self.delay)
             super().close()
 
     return BatchBar

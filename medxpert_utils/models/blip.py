@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 BASE_KEY_NAME = "blip_base.key.json"  # beside models/blip_base/: what the tiny base was built from
 BLIP_KIND = ModelKind(name="BLIP", param="captions.model", example="Salesforce/blip-image-captioning-base",
-                      notebook="notebook 04", builder="captions.prepare_base_model(cfg) into models/blip_base/",
+                      stage="04", builder="captions.prepare_base_model(cfg) into models/blip_base/",
                       offline_tiny="offline tiny BLIP")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4; [CLS] doubles as BLIP's [DEC] start token
 TINY_IMAGE_MEAN = (0.5, 0.5, 0.5)  # grey films as three equal channels: zero-centred, unit-scale input

@@ -35,7 +35,7 @@ _END_OF_WORD = "</w>"
 # three; for a tower trained from scratch a roughly zero-centred, unit-scale input is what matters.
 TINY_IMAGE_MEAN = (0.5, 0.5, 0.5)
 TINY_IMAGE_STD = (0.25, 0.25, 0.25)
-CLIP_KIND = ModelKind(name="CLIP", param="clip.model", example="openai/clip-vit-base-patch32", notebook="notebook 01",
+CLIP_KIND = ModelKind(name="CLIP", param="clip.model", example="openai/clip-vit-base-patch32", stage="01",
                       builder="clip.prepare_base_model(cfg) into models/clip_base/", offline_tiny="offline tiny CLIP")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medxpert_utils.core import io
+from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import MissingModelError, UserError
 
 TINY = "tiny"
@@ -32,9 +32,22 @@ class ModelKind:
     name: str  # "CLIP"
     param: str  # "clip.model"
     example: str  # a hub id to suggest
-    notebook: str  # the notebook that builds or fine-tunes it, e.g. "notebook 01"
     builder: str  # the function that builds the tiny model and the folder it writes
     offline_tiny: str  # the offline alternative, e.g. "offline tiny CLIP"
+    stage: str = ""  # the registry stage that builds or fine-tunes it, e.g. "01" (core.stages words the hints)
+    notebook: str = ""  # where it comes from when no stage makes it, e.g. "a Whisper download (save_pretrained)"
+
+    def source(self) -> str:
+        """The stage (or other source) the model comes from, for messages: ``01_clip_finetune``."""
+        return stages.get(self.stage).name if self.stage else self.notebook
+
+    def remedy(self, folder: Path | None = None, rebuild: bool = False) -> str:
+        """What to run to make the model: the registry's hint (with the run of ``<run>/models/<name>``), or
+        "run <notebook>" for a model no stage makes."""
+        if not self.stage:
+            return f"{'rerun' if rebuild else 'run'} {self.notebook}"
+        run = folder.parent.parent.name if folder is not None and folder.parent.name == "models" else None
+        return stages.hint(self.stage, run, force=rebuild)
 
 
 def looks_like_path(spec: str) -> bool:
@@ -81,11 +94,11 @@ def load_pretrained(spec: str | os.PathLike, model_cls: Any, processor_cls: Any,
     text = os.fspath(spec).strip()
     if text == TINY:
         raise UserError(f"{kind.param} 'tiny' is not a model to load: it is built from the training reports by "
-                        f"{kind.builder} ({kind.notebook}) - load that folder")
+                        f"{kind.builder} ({kind.source()}) - load that folder")
     path = Path(text).expanduser()
     local = path.is_dir()
     if not local and (path.exists() or looks_like_path(text)):
-        raise MissingModelError(f"{kind.name} model folder not found: {text} - run {kind.notebook} to create it, "
+        raise MissingModelError(f"{kind.name} model folder not found: {text} - {kind.remedy(path)} to create it, "
                                 f"or set {kind.param} to a Hugging Face hub id such as {kind.example}")
     source = str(path) if local else text
     try:
@@ -95,8 +108,8 @@ def load_pretrained(spec: str | os.PathLike, model_cls: Any, processor_cls: Any,
     except OSError as exc:
         if local:
             raise MissingModelError(f"cannot load {kind.name} model from {source}: not a complete save_pretrained "
-                                    f"folder ({str(exc).splitlines()[0][:160]}) - rerun {kind.notebook} or point "
-                                    f"{kind.param} at a saved {kind.name}") from None
+                                    f"folder ({str(exc).splitlines()[0][:160]}) - {kind.remedy(path, rebuild=True)} "
+                                    f"or point {kind.param} at a saved {kind.name}") from None
         reason = hub_error_kind(exc)
         if reason == "missing_repo":
             raise MissingModelError(f"cannot load {kind.name} model '{text}': no such model on the Hugging Face hub "

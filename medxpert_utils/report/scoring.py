@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from medxpert_utils.core import config
+from medxpert_utils.core import config, stages
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.data.label_metrics import label_f1
 from medxpert_utils.models.chexbert import chexbert_f1
@@ -57,6 +57,6 @@ def read_reports(run_or_cfg: Any) -> list[DiagnosisReport]:
     cfg = run_or_cfg if hasattr(run_or_cfg, "paths") else config.from_run(run_or_cfg)
     path = cfg.paths.reports / REPORTS_FILE
     if not path.is_file():
-        raise UserError(f"{path} is missing - run notebook 05 first")
+        raise UserError(f"{path} is missing - {stages.hint('05', cfg.run_name)}")
     return [DiagnosisReport.model_validate_json(line)
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -12,14 +12,15 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from medxpert_utils.core import io
-from medxpert_utils.core.errors import RunNotReadyError, UserError
+from medxpert_utils.core import io, stages
+from medxpert_utils.core.errors import UserError
 from medxpert_utils.retrieval.encoders import embed_images, embed_texts
 from medxpert_utils.retrieval.ood import calibrate_run, read_calibration
 from medxpert_utils.retrieval.store import (
@@ -49,7 +50,7 @@ def _model_spec(cfg: "Config", model: str) -> str:
     local = Path(spec)
     looks_local = local.is_absolute() or spec.startswith((".", "~"))
     if looks_local and not (local / "config.json").is_file():
-        raise RunNotReadyError(f"{model} CLIP not found at {local} - run notebook 01 (01_clip_finetune) first")
+        raise stages.missing(f"{model} CLIP not found at {local}", "01", cfg.run_name)
     return spec
 
 
@@ -196,6 +197,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return stage_main("retrieval.embedding", "Embed a run's evaluated split and search corpus "
                       "(notebook 02's embedding step); under `accelerate launch -m` every process embeds its share.",
                       argv, run, add_arguments)
+
+
+# --- stage 02 -----------------------------------------------------------------------------------------------
+
+MODELS = ("zero_shot", "fine_tuned")
+
+
+@dataclass(frozen=True)
+class EmbedStageResult:
+    """What :func:`run_stage` did, as notebook 02 shows it (tables indexed by model)."""
+
+    splits: pd.DataFrame  # images and distinct reports per split of the manifest
+    embeddings: pd.DataFrame  # embedding.summary per model, with cache_hit and wall_s
+    indexes: pd.DataFrame  # index.build_run_index's summary per model
+
+
+def run_stage(cfg: Config) -> EmbedStageResult:
+    """Stage 02 (notebook ``02_embed_index``): embed the evaluated split and the search corpus with both models
+    (reusing saved vectors whose cache key matches) and build their FAISS indexes."""
+    from medxpert_utils.data import manifest
+    from medxpert_utils.retrieval.index import build_run_index
+
+    frame = manifest.read(cfg.run_dir)
+    splits = frame.groupby("split").agg(images=("study_id", "size"), distinct_reports=("report", "nunique"))
+    rows = []
+    for model in MODELS:
+        cache_hit = not needs_embedding(cfg, model)
+        t0 = time.perf_counter()
+        embed_run(cfg, model)
+        rows.append({**summary(cfg, model), "cache_hit": cache_hit, "wall_s": round(time.perf_counter() - t0, 1)})
+    indexes = [build_run_index(cfg, model) for model in MODELS]
+    return EmbedStageResult(splits, pd.DataFrame(rows).set_index("model"), pd.DataFrame(indexes).set_index("model"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,14 +4,15 @@ are those of :mod:`medxpert_utils.retrieval.metrics`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medxpert_utils.core import config, io
+from medxpert_utils.core import config, io, stages
 from medxpert_utils.core.errors import RunNotReadyError
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 from medxpert_utils.models import clip
@@ -47,7 +48,7 @@ def evaluate_run(run: str | Path, write: bool = False) -> dict[str, Any]:
     """The retrieval.json payload for a run, from its saved split embeddings of both models.
 
     With ``write`` also writes ``metrics/retrieval.json`` and ``metrics/retrieval_table.csv``.
-    Raises :class:`RunNotReadyError` naming notebook 02 when embeddings are missing.
+    Raises :class:`RunNotReadyError` naming stage 02 when embeddings are missing.
     """
     cfg = config.from_run(run)
     ev = cfg.eval
@@ -56,7 +57,7 @@ def evaluate_run(run: str | Path, write: bool = False) -> dict[str, Any]:
     for name, emb in loaded.items():
         if not np.array_equal(emb.ids["study_id"].to_numpy(), first.ids["study_id"].to_numpy()):
             raise RunNotReadyError(f"embeddings/{name} cover other rows than embeddings/{MODELS[0]} - "
-                                   "rerun notebook 02")
+                                   f"{stages.hint('02', cfg.run_name, force=True)}")
     groups = first.ids["report_group"].to_numpy()
     positives = _positives(first.rows, CHEXPERT_LABELS)
     ks = sorted(set(ev.ks) | set(CONTRACT_KS))
@@ -223,3 +224,51 @@ def gallery_examples(run: str | Path, model: str = "fine_tuned", n: int = 4, k: 
         out.append({"query": {"study_id": q["study_id"], "image_path": q["image_path"], "report": q["report"]},
                     "hits": hits})
     return out
+
+
+# --- stage 03 -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvaluationStageResult:
+    """What :func:`run_stage` computed and wrote, for notebook 03 to show."""
+
+    retrieval: dict[str, Any]  # metrics/retrieval.json
+    classification: dict[str, Any]  # metrics/classification.json
+    ood_summary: dict[str, Any]  # the query check against out-of-distribution images (retrieval.ood_eval)
+    ood_table: pd.DataFrame  # one row per image of that check
+    grounding: dict[str, Any] | None  # metrics/grounding.json (demo source only), else None
+    figures: dict[str, Path]  # name -> PNG under figures/
+
+
+def run_stage(cfg: config.Config) -> EvaluationStageResult:
+    """Stage 03 (notebook ``03_retrieval_eval``): retrieval metrics of both models, zero-shot and linear-probe
+    classification, the query check against out-of-distribution images, phrase grounding (demo source only),
+    an example gallery, and their figures under ``figures/``. Everything is computed from stage 02's vectors."""
+    import matplotlib.pyplot as plt
+
+    from medxpert_utils.retrieval import classification, grounding, ood_eval
+    from medxpert_utils.viz import plots
+
+    figures: dict[str, Path] = {}
+
+    def keep(name: str, draw: Callable[[Path], Any]) -> None:
+        path = cfg.paths.figures / f"{name}.png"
+        plt.close(draw(path))
+        figures[name] = path
+
+    retrieval = evaluate_run(cfg.run_dir, write=True)
+    keep("retrieval_recall_curves", lambda path: plots.recall_curves(retrieval, path))
+    keep("retrieval_per_label", lambda path: plots.per_label_recall(retrieval, "R@10", path))
+    classes = classification.evaluate_classification(cfg, write=True)
+    keep("classification_auroc", lambda path: plots.classification_auroc(classes, path))
+    ood_summary, ood_table = ood_eval.evaluate(cfg, n_per_group=10)
+    chosen = ood_summary["chosen"]
+    keep("ood_scores", lambda path: plots.ood_scores(ood_table, chosen, ood_summary["methods"][chosen]["threshold"],
+                                                     path=path))
+    ground = None
+    if cfg.data.source == "demo":  # only the demo generator knows where it drew each finding
+        ground = grounding.evaluate_grounding(cfg.run_dir)
+        keep("grounding_examples", lambda path: grounding.grounding_figure(cfg.run_dir, n=6, path=path))
+    examples = gallery_examples(cfg.run_dir, "fine_tuned", n=cfg.eval.gallery_queries, k=5, seed=cfg.seed)
+    keep("retrieval_gallery", lambda path: plots.retrieval_gallery(examples, path))
+    return EvaluationStageResult(retrieval, classes, ood_summary, ood_table, ground, figures)

@@ -99,10 +99,9 @@ class Explainer:
 
         spec = specs[model]
         if Path(spec).is_absolute() and not (Path(spec) / "config.json").is_file():
-            from medxpert_utils.core.errors import RunNotReadyError
+            from medxpert_utils.core import stages
 
-            raise RunNotReadyError(f"{model} CLIP not found at {spec} - run notebook 01 "
-                                   f"(./run_all.sh --run {cfg.run_name} --until 01)")
+            raise stages.missing(f"{model} CLIP not found at {spec}", "01", cfg.run_name)
         loaded, processor = clip.load_clip(spec, runtime.get_device(cfg.device))
         return cls(loaded, processor, max_length=cfg.clip.max_length)
 

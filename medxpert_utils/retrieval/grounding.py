@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from medxpert_utils.core import io
+from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import RunNotReadyError, UserError
 from medxpert_utils.retrieval.explain import GROUNDING_FILE, METHODS, Explainer, check_method, normalise
 
@@ -65,7 +65,7 @@ def grounding_cases(frame: pd.DataFrame, split: str | None = None, positive_only
     for folder, group in rows.groupby(rows["image_path"].map(lambda p: str(Path(p).parent.parent.parent))):
         if not (Path(folder) / REGIONS_FILE).is_file():
             raise RunNotReadyError(f"no {REGIONS_FILE} in {folder} - grounding needs the demo source's finding "
-                                   "regions: rerun notebook 00 (./run_all.sh --only 00)")
+                                   f"regions: {stages.hint('00', force=True)}")
         regions = read_regions(folder)
         regions = regions.loc[regions["box"].notna()]
         if positive_only:
@@ -282,7 +282,7 @@ def grounding_figure(run: str | os.PathLike, n: int = 6, model: str = "fine_tune
     one local finding per observation where possible (the first ``n``); saved to ``path`` when given."""
     from medxpert_utils.core import config
     from medxpert_utils.data import manifest
-    from medxpert_utils.data.images import load_image
+    from medxpert_utils.data.images import load_manifest_image
     from medxpert_utils.retrieval.explain import selected_method
     from medxpert_utils.viz.plots import heatmap_grid
 
@@ -296,7 +296,7 @@ def grounding_figure(run: str | os.PathLike, n: int = 6, model: str = "fine_tune
     chosen = pd.concat([picked, rest]).head(n)
     method = method or selected_method(cfg.run_dir)
     maps = Explainer.from_run(cfg.run_dir, model).maps(chosen["image_path"].tolist(), chosen["phrase"].tolist(), method)
-    images = [np.asarray(load_image(p)) for p in chosen["image_path"]]
+    images = [np.asarray(load_manifest_image(p)) for p in chosen["image_path"]]
     titles = [f"'{p}'\n{'hit' if pointing_hit(m, b) else 'miss'}"
               for p, m, b in zip(chosen["phrase"], maps, chosen["boxes"])]
     return heatmap_grid(images, [normalise(m) for m in maps], list(chosen["boxes"]), titles,

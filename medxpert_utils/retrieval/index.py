@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxpert_utils.core import io
-from medxpert_utils.core.errors import RunNotReadyError, UserError
+from medxpert_utils.core import io, stages
+from medxpert_utils.core.errors import UserError
 
 if TYPE_CHECKING:
     import faiss
@@ -147,11 +147,16 @@ def _expected(embeddings_dir: Path) -> dict[str, Any]:
     key_file = embeddings_dir / CACHE_KEY_FILE
     corpus = embeddings_dir / CORPUS_DIR
     if not key_file.is_file() or not (corpus / "image.npy").is_file():
-        raise RunNotReadyError(f"no embeddings at {embeddings_dir} - run notebook 02 (02_embed_index) first")
+        raise stages.missing(f"no embeddings at {embeddings_dir}", "02", _run_name(embeddings_dir))
     image = np.load(corpus / "image.npy", mmap_mode="r")
     groups = pd.read_parquet(corpus / IDS_FILE, columns=["report_group"])["report_group"]
     return {"cache_key": io.read_json(key_file)["key"],
             "image": (image.shape[0], image.shape[1]), "text": (int(groups.nunique()), image.shape[1])}
+
+
+def _run_name(folder: Path) -> str | None:
+    """The run of ``<run>/embeddings/<model>`` or ``<run>/index/<model>``, for hints; None elsewhere."""
+    return folder.parent.parent.name if folder.parent.name in ("embeddings", "index") else None
 
 
 def _label(index_dir: Path) -> str:
@@ -162,14 +167,14 @@ def load_index(index_dir: str | Path, embeddings_dir: str | Path, kind: str = "i
     """Load ``<kind>.faiss`` after checking it against the embeddings it must have been built from.
 
     Raises :class:`RunNotReadyError` when missing and :class:`UserError` ("index/fine_tuned was built
-    from other embeddings - rerun notebook 02") when count, dim or cache key disagree.
+    from other embeddings - rerun 02_embed_index ...") when count, dim or cache key disagree.
     """
     import faiss
 
     index_dir, embeddings_dir = Path(index_dir), Path(embeddings_dir)
     meta_path = index_dir / META_FILE
     if not meta_path.is_file() or kind not in (entry := io.read_json(meta_path)).get("indexes", {}):
-        raise RunNotReadyError(f"no {kind} index at {index_dir} - run notebook 02 (02_embed_index) first")
+        raise stages.missing(f"no {kind} index at {index_dir}", "02", _run_name(index_dir))
     expected = _expected(embeddings_dir)
     info = entry["indexes"][kind]
     problem = None
@@ -178,10 +183,12 @@ def load_index(index_dir: str | Path, embeddings_dir: str | Path, kind: str = "i
     elif (info["count"], info["dim"]) != expected[kind]:
         problem = f"{info['count']}x{info['dim']} vectors, embeddings have {expected[kind][0]}x{expected[kind][1]}"
     if problem:
-        raise UserError(f"{_label(index_dir)} was built from other embeddings ({problem}) - rerun notebook 02")
+        raise UserError(f"{_label(index_dir)} was built from other embeddings ({problem}) - "
+                        f"{stages.hint('02', _run_name(index_dir), force=True)}")
     index = faiss.read_index(str(index_dir / info["file"]))
     if (index.ntotal, index.d) != expected[kind]:
-        raise UserError(f"{_label(index_dir)}/{info['file']} does not match its index_meta.json - rerun notebook 02")
+        raise UserError(f"{_label(index_dir)}/{info['file']} does not match its index_meta.json - "
+                        f"{stages.hint('02', _run_name(index_dir), force=True)}")
     return configure(index, entry.get("params"))
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxpert_utils.core import io
+from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import RunNotReadyError, UserError
 
 if TYPE_CHECKING:
@@ -243,8 +243,8 @@ class QueryChecker:
         try:
             corpus = load_embeddings(cfg.paths.embeddings(model), corpus=True, mmap=True)
         except RunNotReadyError:
-            raise RunNotReadyError(f"run '{cfg.run_name}' has no {model} embeddings for the query check - run "
-                                   f"notebook 02 (./run_all.sh --run {cfg.run_name} --from 02)") from None
+            raise stages.missing(f"run '{cfg.run_name}' has no {model} embeddings for the query check", "02",
+                                 cfg.run_name) from None
         calibration = read_calibration(cfg, model) or calibrate_run(cfg, model)
         bank_rows, _, _ = split_bank(corpus.rows["split"].to_numpy(), cfg.seed)
         return cls(np.asarray(corpus.image)[bank_rows], calibration, report_vocabulary(corpus.rows["report"]))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from medxpert_utils.core import io
+from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import ImageLoadError, UserError
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class SearchEngine:
         if image_index.ntotal != len(rows) or text_index.ntotal != len(self._group_first):
             raise UserError(f"index/{name} does not match its corpus ({image_index.ntotal} images and "
                             f"{text_index.ntotal} reports indexed, corpus has {len(rows)} and "
-                            f"{len(self._group_first)}) - rerun notebook 02")
+                            f"{len(self._group_first)}) - {stages.hint('02', force=True)}")
 
     # --- construction ----------------------------------------------------------------------------------------
 
@@ -150,10 +150,7 @@ class SearchEngine:
         emb_dir, index_dir = cfg.paths.embeddings(model), cfg.paths.index(model)
         rows_file = emb_dir / CORPUS_DIR / ROWS_FILE
         if not rows_file.is_file() or not (emb_dir / CACHE_KEY_FILE).is_file():
-            from medxpert_utils.core.errors import RunNotReadyError
-
-            raise RunNotReadyError(f"run '{cfg.run_name}' has no {model} embeddings - run notebook 02 "
-                                   f"(./run_all.sh --run {cfg.run_name} --from 02)")
+            raise stages.missing(f"run '{cfg.run_name}' has no {model} embeddings", "02", cfg.run_name)
         key = io.read_json(emb_dir / CACHE_KEY_FILE)
         rows = pd.read_parquet(rows_file)
         return cls(rows, load_index(index_dir, emb_dir, "image"), load_index(index_dir, emb_dir, "text"),
@@ -183,7 +180,7 @@ class SearchEngine:
                 raise UserError("this search engine has no CLIP model - build it with SearchEngine.from_run(run)")
             if self.weights_sha256 and weights_fingerprint(self.model_spec) != self.weights_sha256:
                 raise UserError(f"the {self.name} CLIP at {self.model_spec} changed after the corpus was embedded - "
-                                "rerun notebook 02")
+                                f"{stages.hint('02', force=True)}")
             model, self._processor = clip.load_clip(self.model_spec, self.device)
             self._transform = image_transform(self._processor)
             self._model = model
@@ -329,7 +326,7 @@ def export_csv(run: str | os.PathLike, split: str = "test", k: int = 10, model: 
         keep = (corpus.rows["split"] == split).to_numpy()
         if not keep.any():
             raise UserError(f"split '{split}' was not embedded for {model} - add it to embed.corpus_splits "
-                            "and rerun notebook 02")
+                            f"and {stages.hint('02', cfg.run_name, force=True)}")
         image, text, rows = corpus.image[keep], corpus.text[keep], corpus.rows[keep].reset_index(drop=True)
     dense, first = dense_groups(rows["report_group"].to_numpy())
     n_groups = len(first)

@@ -169,7 +169,7 @@ def test_unreadable_image_and_missing_model_are_clear(tiny_run, tmp_path):
     good = pd.read_parquet(tiny_run.paths.manifest)["image_path"].iloc[0]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(ImageLoadError, match="1 image.*bad.png"):
+    with pytest.raises(ImageLoadError, match="bad.png: .*changed after the data stage.*--force 00"):
         encoders.embed_images(model, processor, [good, str(bad)], batch_size=2, progress=False)
     vectors = encoders.embed_images(model, processor, [good, good], batch_size=1, progress=False)
     assert np.allclose(vectors[0], vectors[1])
@@ -177,9 +177,9 @@ def test_unreadable_image_and_missing_model_are_clear(tiny_run, tmp_path):
     cfg = config.load("smoke", run=str(tmp_path / "empty"))
     runs.prepare(cfg)
     write_manifest(cfg, 6, tmp_path / "img")
-    with pytest.raises(RunNotReadyError, match="notebook 01"):
+    with pytest.raises(RunNotReadyError, match="run 01_clip_finetune first .*--run empty --until 01"):
         embedding.embed_run(cfg, "fine_tuned", progress=False)
-    with pytest.raises(RunNotReadyError, match="notebook 02"):
+    with pytest.raises(RunNotReadyError, match="run 02_embed_index first .*--run empty --until 02"):
         store.load_embeddings(cfg.paths.embeddings("fine_tuned"))
 
 

@@ -217,7 +217,7 @@ def test_grounding_cases_come_from_the_generator_regions(grounding_run):
 def test_grounding_cases_need_the_demo_regions(tmp_path):
     frame = pd.DataFrame({"image_path": [str(tmp_path / "images" / "p1" / "s1_1.png")], "study_id": ["s1"],
                           "split": ["test"]})
-    with pytest.raises(UserError, match="rerun notebook 00"):
+    with pytest.raises(UserError, match="rerun 00_data_prep"):
         gr.grounding_cases(frame, "test")
     with pytest.raises(UserError, match="needs the demo source"):
         gr.grounding_cases(frame.assign(source="openi"), "test")

@@ -77,7 +77,7 @@ def test_save_load_round_trip_and_mismatch_errors(tmp_path):
     assert index.is_current(idx_dir, emb, params) and not index.is_current(idx_dir, emb, {"type": "flat"})
 
     io.write_json(emb / "cache_key.json", {"key": "changed"})  # embeddings recomputed since
-    with pytest.raises(UserError, match="index/fine_tuned was built from other embeddings .* rerun notebook 02"):
+    with pytest.raises(UserError, match="index/fine_tuned was built from other embeddings .* rerun 02_embed_index"):
         index.load_index(idx_dir, emb)
     assert not index.is_current(idx_dir, emb, params)
 
@@ -85,5 +85,5 @@ def test_save_load_round_trip_and_mismatch_errors(tmp_path):
     _embeddings_dir(other, n=30)  # same key, other count
     with pytest.raises(UserError, match="40x16 vectors, embeddings have 30x16"):
         index.load_index(idx_dir, other)
-    with pytest.raises(RunNotReadyError, match="notebook 02"):
+    with pytest.raises(RunNotReadyError, match="run 02_embed_index first"):
         index.load_index(tmp_path / "index" / "zero_shot", emb)

@@ -172,5 +172,5 @@ def test_evaluate_run_writes_contract_files_and_figures(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000 and fig is not None
 
     (cfg.paths.embeddings("fine_tuned") / "cache_key.json").unlink()
-    with pytest.raises(RunNotReadyError, match="notebook 02"):
+    with pytest.raises(RunNotReadyError, match="run 02_embed_index first .*--until 02"):
         evaluation.evaluate_run(cfg.run_dir)

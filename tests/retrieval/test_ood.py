@@ -191,7 +191,7 @@ def test_calibrate_run_writes_ood_json_and_a_stale_file_is_redone(embedded_run):
 
 def test_a_run_without_embeddings_names_notebook_02(tmp_path):
     cfg = runs.prepare(config.load("params/smoke.yaml", run=str(tmp_path / "outputs" / "bare")))
-    with pytest.raises(ood.RunNotReadyError, match="notebook 02"):
+    with pytest.raises(ood.RunNotReadyError, match="run 02_embed_index first .*--run bare --until 02"):
         ood.QueryChecker.from_run(cfg, "fine_tuned")
 
 

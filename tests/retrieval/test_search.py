@@ -139,7 +139,7 @@ def test_user_errors(run, engine, tmp_path):
         search.SearchEngine.from_run(tmp_path / "nothing-here")
     bare = config.load("smoke", run=str(tmp_path / "bare"))
     runs.prepare(bare)
-    with pytest.raises(RunNotReadyError, match="no zero_shot embeddings - run notebook 02"):
+    with pytest.raises(RunNotReadyError, match="no zero_shot embeddings - run 02_embed_index first"):
         search.SearchEngine.from_run(bare.run_dir, model="zero_shot")
 
 
@@ -148,7 +148,7 @@ def test_changed_model_after_embedding_is_refused(tmp_path):
     cfg = make_indexed_run(tmp_path / "run", n=12)
     clip.build_tiny_clip(cfg.clip.tiny, ["retrained on other words"] * 4, cfg.paths.clip_finetuned, seed=9)
     fresh = search.SearchEngine.from_run(cfg.run_dir)  # loading is fine: it reads files only
-    with pytest.raises(UserError, match="changed after the corpus was embedded - rerun notebook 02"):
+    with pytest.raises(UserError, match="changed after the corpus was embedded - rerun 02_embed_index"):
         fresh.search_text("edema", 3)
 
 

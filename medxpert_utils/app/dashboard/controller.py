@@ -168,7 +168,7 @@ class Dashboard:
         self._clear_results(keep_image=False)
         self._set_error("")
         problem = run_problem(self.run_dir, self.model.value)
-        if problem is None:
+        if problem is None and self.run_dir is not None:
             try:
                 params = config.from_run(self.run_dir).params
                 board = params.dashboard
@@ -179,9 +179,10 @@ class Dashboard:
                 self.recorder.max_seconds = params.asr.max_seconds
             except UserError as exc:
                 problem = str(exc)
+        shown = display_run(self.run_dir) if self.run_dir is not None else ""
         self.run_message.value = (f'<span class="mx-error mx-run-problem">{esc(problem)}</span>' if problem else
-                                  f'<span class="mx-note">{esc(display_run(self.run_dir))}</span>')
-        if problem is None:
+                                  f'<span class="mx-note">{esc(shown)}</span>')
+        if problem is None and self.run_dir is not None:
             self.assistant = self.assistant_factory(self.run_dir)
         for control in (self.upload, self.clear_button, self.query, self.k, self.model, self.search_button,
                         self.recorder, self.audio_upload):

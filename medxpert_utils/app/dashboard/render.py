@@ -35,7 +35,7 @@ def hit_dict(hit: Any) -> dict[str, Any]:
     """A search hit (``search.Hit``, a report's ``RetrievedCase`` or a dict) as a dict."""
     if hasattr(hit, "to_dict"):
         return hit.to_dict()
-    if dataclasses.is_dataclass(hit):
+    if dataclasses.is_dataclass(hit) and not isinstance(hit, type):
         return dataclasses.asdict(hit)
     return dict(hit)
 

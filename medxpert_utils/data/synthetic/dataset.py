@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
 
-from medxpert_utils.core import io
+from medxpert_utils.core import io, stages
 from medxpert_utils.core.progress import tqdm
 from medxpert_utils.data.labels import CHEXPERT_LABELS
 from medxpert_utils.data.synthetic import phantom
@@ -316,7 +316,7 @@ def read_regions(out_dir: str | os.PathLike) -> pd.DataFrame:
     """The region records of a generated dataset folder (:data:`REGIONS_FILE`), one row per finding and side."""
     path = Path(out_dir) / REGIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found - regenerate the demo dataset (notebook 00)")
+        raise FileNotFoundError(f"{path} not found - regenerate the demo dataset: {stages.hint('00', force=True)}")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     columns = ["study_id", "image", "finding", "kind", "detail", "certainty", "observation", "phrase", "side", "box",
                "area", "image_size", "key"]
