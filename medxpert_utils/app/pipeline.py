@@ -27,7 +27,7 @@ from typing import Any
 from medxpert_utils.core import keys, runs
 from medxpert_utils.core.config import Config, load
 from medxpert_utils.core.errors import UserError
-from medxpert_utils.core.stages import NOTEBOOKS_DIR, STAGES, Registry, Stage, get, select, waits_for
+from medxpert_utils.core.stages import FORCE_ENV, NOTEBOOKS_DIR, STAGES, Registry, Stage, get, select, waits_for
 
 __all__ = ["NOTEBOOKS_DIR", "ChainFailed", "kernel_manager_class", "run_chain", "short_reason"]
 
@@ -142,7 +142,8 @@ class _Chain:
             self.log(decided[stage.number] or f"> {stage.name} ...")
             out = cfg.paths.notebooks / stage.notebook.name
             runs.record_stage(cfg.run_dir, stage.name, status="running", started=runs.now(), notebook=str(out))
-            args = (str(stage.notebook), str(out), self.parameters, kernel, str(stage.notebook.parent))
+            args = (str(stage.notebook), str(out), self.parameters, kernel, str(stage.notebook.parent),
+                    stage.number in self.forced)
             t0 = time.perf_counter()
             future: Future[str | None]
             if pool is None:  # one at a time: run it here, now
@@ -194,15 +195,24 @@ class _Chain:
         return failures
 
 
-def _execute(notebook: str, out: str, parameters: Mapping[str, object], kernel: str, cwd: str) -> str | None:
-    """Run one notebook with papermill. Returns None, or the failure's reason (one line)."""
+def _execute(notebook: str, out: str, parameters: Mapping[str, object], kernel: str, cwd: str,
+             force: bool = False) -> str | None:
+    """Run one notebook with papermill. Returns None, or the failure's reason (one line). ``force``: the kernel
+    starts with ``MEDXPERT_FORCE=1``, so the stage reuses none of its own caches."""
     import papermill as pm
 
+    previous = os.environ.pop(FORCE_ENV, None)
+    if force:
+        os.environ[FORCE_ENV] = "1"  # the kernel's environment is this process's
     try:
         pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=False,
                             log_output=False, report_mode=False, kernel_manager_class=kernel_manager_class())
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
         return short_reason(exc)
+    finally:
+        os.environ.pop(FORCE_ENV, None)
+        if previous is not None:
+            os.environ[FORCE_ENV] = previous
     return None
 
 

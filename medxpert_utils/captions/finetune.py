@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxpert_utils.core import io
+from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.data.images import load_manifest_image, to_rgb
 from medxpert_utils.models.blip import load_blip, prepare_base_model, small_model_threads, text_max_length
@@ -138,7 +138,7 @@ def finetune(cfg: "Config", progress: bool = True, max_steps: int | None = None)
         raise UserError("BLIP fine-tuning needs train and val rows in the manifest - check data.split")
     base = prepare_base_model(cfg)
     key = _finetune_key(cfg, max_steps)
-    recorded = _recorded_result(cfg, key)
+    recorded = None if stages.forced() else _recorded_result(cfg, key)  # --force: fine-tune again
     if recorded is not None:
         print(f"BLIP fine-tuning already finished ({recorded['steps']} steps; {cfg.paths.blip / RECORD_FILE}); delete "
               f"{cfg.paths.blip} to train again", file=sys.stderr)

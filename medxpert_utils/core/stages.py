@@ -64,6 +64,18 @@ class Stage:
         return resolve(self.run_ref)(cfg)
 
 
+# Set (to "1") in the environment of a stage the chain was told to redo regardless (--force): the stage then reuses
+# none of its own caches (a finished training checkpoint, a finished BLIP fine-tuning, saved embeddings).
+FORCE_ENV = "MEDXPERT_FORCE"
+
+
+def forced() -> bool:
+    """True inside a stage that ``--force`` redoes: reuse nothing, compute everything again."""
+    import os
+
+    return os.environ.get(FORCE_ENV) == "1"
+
+
 def resolve(ref: str) -> Callable[..., object]:
     module, _, attr = ref.partition(":")
     function: Callable[..., object] = getattr(importlib.import_module(module), attr)
@@ -248,8 +260,8 @@ def producer(artefact: str | Path, run_dir: Path | None = None) -> Stage:
     best: tuple[int, Stage] | None = None
     for s in STAGES:
         for declared in (*s.artefacts, *s.optional_artefacts):
-            root = declared.split("/")[0] if declared.startswith(("embeddings/", "index/")) else declared
-            if text == declared or text.startswith(declared + "/") or text.startswith(root + "/") or text == root:
+            # the artefact itself, a file inside it, or a folder that holds it (embeddings/ holds embeddings/<model>)
+            if text == declared or text.startswith(declared + "/") or declared.startswith(text + "/"):
                 if best is None or len(declared) > best[0]:
                     best = (len(declared), s)
     if best is None:

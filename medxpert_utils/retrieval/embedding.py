@@ -58,9 +58,9 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
     """Embed the eval split and the search corpus of ``cfg``'s run with one model; returns the folder.
 
     Reuses the saved files when their cache key matches (same model files, manifest and
-    preprocessing params) unless ``force``. The run summary (rows, dim, seconds) is kept
-    in ``cache_key.json`` under ``stats``. Under ``accelerate launch`` / ``torchrun`` with several
-    processes each embeds its contiguous share of the rows on its own device and the main process
+    preprocessing params) unless ``force`` (or the chain's ``--force``, :func:`stages.forced`). The run
+    summary (rows, dim, seconds) is kept in ``cache_key.json`` under ``stats``. Under ``accelerate launch`` /
+    ``torchrun`` with several processes each embeds its contiguous share of the rows on its own device and the main process
     assembles and writes the files (a folder all processes can read, as on one machine).
     """
     from medxpert_utils.core import runtime
@@ -74,7 +74,7 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
     out = cfg.paths.embeddings(model_name)
     dist = Distributed.create(cfg.device)
     is_main = dist is None or dist.is_main
-    if not force and is_cached(out, key):
+    if not (force or stages.forced()) and is_cached(out, key):
         if is_main:
             _refresh_paths(out, frame)
             for folder in (out, out / CORPUS_DIR):  # a copied run: record where its model lives now

@@ -221,7 +221,7 @@ def build_run_index(cfg: "Config", model: str, force: bool = False) -> dict[str,
 
     emb_dir, index_dir = cfg.paths.embeddings(model), cfg.paths.index(model)
     params = cfg.index
-    if not force and is_current(index_dir, emb_dir, params):
+    if not (force or stages.forced()) and is_current(index_dir, emb_dir, params):
         meta = io.read_json(index_dir / META_FILE)
         if meta.get("params") != _params(params):  # only query-time knobs (efSearch, nprobe) changed
             io.write_json(index_dir / META_FILE, {**meta, "params": _params(params)})

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from medxpert_utils.core import io, runtime
+from medxpert_utils.core import io, runtime, stages
 from medxpert_utils.core.distributed import Distributed
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.training.loss import clip_loss, label_aware_targets, retrieval_recall, retrieval_top1
@@ -567,7 +567,8 @@ def fit(cfg: "Config", progress: bool = True, *, outputs: TrainOutputs | None = 
     single_cpu = int(os.environ.get("WORLD_SIZE", "1")) <= 1 and runtime.get_device(cfg.device).type == "cpu"
     with _deterministic(single_cpu):
         trainer = _Trainer(cfg, outputs, progress, log)
-        state = load_checkpoint(outputs.checkpoints, trainer.key, log) if cfg.train.resume else None
+        resume = cfg.train.resume and not stages.forced()  # --force: train again, whatever was saved
+        state = load_checkpoint(outputs.checkpoints, trainer.key, log) if resume else None
         if state is not None and state.get("finished") and (outputs.model_dir / "config.json").is_file():
             log(f"training already finished at step {state['step']} "
                 f"(checkpoint {outputs.checkpoints / CHECKPOINT_NAME}); "

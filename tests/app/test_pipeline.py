@@ -37,8 +37,10 @@ def fake_chain(tmp_path):
     folder.mkdir()
     # Each notebook appends its number to a log file in the run folder, so order and re-runs are visible.
     record = ("from pathlib import Path\n"
+              "from medxpert_utils.core.stages import forced\n"
               "Path(RUN).mkdir(parents=True, exist_ok=True)\n"
-              "open(Path(RUN) / 'log.txt', 'a').write('{n} ' + str(OVERRIDES.get('seed', '')) + '\\n')\n")
+              "open(Path(RUN) / 'log.txt', 'a').write('{n} ' + str(OVERRIDES.get('seed', '')) + '\\n')\n"
+              "open(Path(RUN) / 'forced.txt', 'a').write('{n}' + ('!' if forced() else '') + ' ')\n")
     _notebook(folder / "00_first.ipynb", record.format(n="00"))
     _notebook(folder / "01_second.ipynb", record.format(n="01") +
               "import os\nif os.path.exists(Path(RUN) / 'fail'): raise RuntimeError('boom in 01')\n")
@@ -142,6 +144,9 @@ def test_a_second_run_skips_what_is_up_to_date_and_a_change_redoes_exactly_its_d
     pipeline.run_chain("params/demo.yaml", run="again", overrides={"train.lr": 0.002}, log=lambda m: None,
                        registry=fake_chain, force=["1"])
     assert _log(run_dir)[5:] == ["01"]
+    # a forced stage is told so (it then reuses none of its own caches); the others are not
+    assert (run_dir / "forced.txt").read_text().split()[-1] == "01!"
+    assert "!" not in "".join((run_dir / "forced.txt").read_text().split()[:-1])
     pipeline.run_chain("params/demo.yaml", run="again", overrides={"train.lr": 0.002}, log=lambda m: None,
                        registry=fake_chain, force=True)
     assert _log(run_dir)[6:] == ["00", "01", "02"]

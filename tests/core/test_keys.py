@@ -47,13 +47,12 @@ def _png(value: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture()
-def recorded_run(isolated_dirs):
+def _record_run(run_dir):
     """A demo run whose every stage is recorded as finished under the current params, with placeholder
     artefacts, a one-image manifest (its content hash included) and the image itself."""
     from medxpert_utils.core import hashing
 
-    cfg = runs.prepare(config.load("params/demo.yaml", "keys"))
+    cfg = runs.prepare(config.load("params/demo.yaml", run_dir))
     image = cfg.run_dir / "img.png"
     image.write_bytes(_png(10))
     cfg.paths.manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +71,19 @@ def recorded_run(isolated_dirs):
     return cfg
 
 
+@pytest.fixture()
+def recorded_run(isolated_dirs):
+    return _record_run(isolated_dirs / "keys")
+
+
+@pytest.fixture(scope="module")
+def shared_recorded_run(tmp_path_factory):
+    """The same, built once for the tests that only read it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDXPERT_DATA", str(tmp_path_factory.mktemp("keys_data")))
+        yield _record_run(tmp_path_factory.mktemp("keys_outputs") / "keys")
+
+
 def test_a_recorded_run_is_fresh_and_keys_are_recorded(recorded_run):
     status = keys.evaluate(recorded_run)
     assert [s.state for s in status.stages] == ["fresh"] * len(STAGES), keys.format_status(status)
@@ -83,10 +95,10 @@ def test_a_recorded_run_is_fresh_and_keys_are_recorded(recorded_run):
 
 
 @pytest.mark.parametrize("field", FIELDS)
-def test_a_param_change_makes_exactly_its_stages_and_their_dependents_stale(recorded_run, field):
-    flat = keys.flatten(recorded_run.to_dict())
+def test_a_param_change_makes_exactly_its_stages_and_their_dependents_stale(shared_recorded_run, field):
+    flat = keys.flatten(shared_recorded_run.to_dict())
     changed = {**flat, field: {"changed from": flat[field]}}
-    status = keys.evaluate(recorded_run, flat=changed)
+    status = keys.evaluate(shared_recorded_run, flat=changed)
     stale = {s.stage.number for s in status.stages if s.state != "fresh"}
     assert stale == _expected_stale(field)
     for number in _declaring(field):
