@@ -60,8 +60,8 @@ def embed_run(cfg: "Config", model_name: str, force: bool = False, progress: boo
     Reuses the saved files when their cache key matches (same model files, manifest and
     preprocessing params) unless ``force`` (or the chain's ``--force``, :func:`stages.forced`). The run
     summary (rows, dim, seconds) is kept in ``cache_key.json`` under ``stats``. Under ``accelerate launch`` /
-    ``torchrun`` with several processes each embeds its contiguous share of the rows on its own device and the main process
-    assembles and writes the files (a folder all processes can read, as on one machine).
+    ``torchrun`` with several processes each embeds its contiguous share of the rows on its own device and the
+    main process assembles and writes the files (a folder all processes can read, as on one machine).
     """
     from medxpert_utils.core import runtime
     from medxpert_utils.core.distributed import Distributed
