@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from medxpert_utils.core import hashing, runs
 from medxpert_utils.core.config import Config, Params
-from medxpert_utils.core.stages import GLOBAL_PARAMS, STAGES, Registry, Stage, get, upstream
+from medxpert_utils.core.stages import GLOBAL_PARAMS, STAGES, Registry, Stage, get, resolve, upstream
 
 JSONValue = Union[str, int, float, bool, None, list["JSONValue"], dict[str, "JSONValue"]]  # noqa: UP007 (recursive)
 State = Literal["fresh", "stale", "missing"]
@@ -297,10 +297,18 @@ def _output(stage: Stage, status: StageStatus, run_dir: Path) -> str | None:
     manifest; known only while the stage is fresh), else the stage's key."""
     if stage.output_file is None:
         return status.key
+    return _output_file_hash(stage, run_dir) if status.state == "fresh" else None
+
+
+def _output_file_hash(stage: Stage, run_dir: Path) -> str | None:
+    """The content hash of ``stage.output_file`` in ``run_dir`` (None while it is not there)."""
+    assert stage.output_file is not None
     path = run_dir / stage.output_file
-    if status.state != "fresh" or not path.is_file():
+    if not path.is_file():
         return None
-    return hashing.sha256_file(path)[:KEY_LENGTH]
+    if stage.output_hash is None:
+        return hashing.sha256_file(path)[:KEY_LENGTH]
+    return str(resolve(stage.output_hash)(path))[:KEY_LENGTH]
 
 
 def stage_key(cfg: Config, stage: str | Stage, without: Sequence[str] = (), registry: Registry = STAGES) -> str:
@@ -319,8 +327,7 @@ def stage_key(cfg: Config, stage: str | Stage, without: Sequence[str] = (), regi
         if s is target:
             return digest(s.version, declared_values(s, flat, without), inputs)
         if s.output_file is not None:
-            path = cfg.run_dir / s.output_file
-            outputs[s.number] = hashing.sha256_file(path)[:KEY_LENGTH] if path.is_file() else None
+            outputs[s.number] = _output_file_hash(s, cfg.run_dir)
         else:
             outputs[s.number] = digest(s.version, declared_values(s, flat), inputs)
     raise AssertionError("unreachable")
@@ -333,9 +340,7 @@ def record_success(cfg: Config, stage: str | Stage, registry: Registry = STAGES,
     if status.key is None:  # run alone (--only) while an input it reads is still to be remade: no key to record
         runs.record_stage(cfg.run_dir, s.name, status="ok", error=None, key=None, **fields)
         return status
-    output = status.key
-    if s.output_file is not None:
-        output = hashing.sha256_file(cfg.run_dir / s.output_file)[:KEY_LENGTH]
+    output = status.key if s.output_file is None else _output_file_hash(s, cfg.run_dir)
     runs.record_stage(cfg.run_dir, s.name, status="ok", error=None, key=status.key, params=status.values,
                       inputs=status.inputs, version=s.version, output=output, **fields)
     return evaluate(cfg, registry=registry)[s.number]

@@ -42,8 +42,11 @@ class Stage:
     version: str
     optional_artefacts: tuple[str, ...] = ()
     # The data stage: its inputs are the images its manifest lists (by content), its output the manifest's
-    # content hash; every other stage's output is its key.
+    # content hash (``output_hash``, a "module:function" of the file's path; default: the file's bytes) - the
+    # manifest's, which takes image paths relative to their shared folder, so a dataset cached elsewhere keeps
+    # its keys. Every other stage's output is its key.
     output_file: str | None = None
+    output_hash: str | None = None
     reads_images: bool = False
     # Environment variables whose presence (never their value) changes the stage's results: an API key makes
     # report.generator "auto" write with Gemini instead of the offline reporter.
@@ -90,7 +93,8 @@ STAGES: tuple[Stage, ...] = (
         artefacts=("data/manifest.parquet",),
         optional_artefacts=("figures/label_prevalence.png", "figures/report_lengths.png", "figures/sample_grid.png"),
         run_ref="medxpert_utils.data.stage:run", version="data-v2",
-        output_file="data/manifest.parquet", reads_images=True,
+        output_file="data/manifest.parquet", output_hash="medxpert_utils.data.manifest:file_content_hash",
+        reads_images=True,
     ),
     Stage(
         "01", "clip_finetune", "Contrastive CLIP fine-tuning", needs=("00",),

@@ -15,6 +15,7 @@ Every later stage reads the manifest through :func:`read`, which validates it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -172,6 +173,18 @@ def report_groups(reports: Sequence[str]) -> np.ndarray:
             for r in reports]
     codes, _ = pd.factorize(pd.Series(keys, dtype="object"), sort=False)
     return codes.astype(np.int64)
+
+
+def file_content_hash(path: str | os.PathLike[str]) -> str:
+    """:func:`content_hash` of a saved manifest (the data stage's output in every stage key downstream of it),
+    remembered per file size and modification time within a process."""
+    stat = os.stat(path)
+    return _file_content_hash(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_content_hash(path: str, size: int, mtime_ns: int) -> str:
+    return content_hash(pd.read_parquet(path))
 
 
 def content_hash(df: pd.DataFrame) -> str:

@@ -13,6 +13,8 @@ from PIL import Image
 
 from medxpert_utils.core import config, keys, runs, stages
 from medxpert_utils.core.stages import STAGES
+from medxpert_utils.data import manifest
+from medxpert_utils.data.labels import CHEXPERT_LABELS
 
 FIELDS = keys.param_fields()
 
@@ -56,8 +58,10 @@ def _record_run(run_dir):
     image = cfg.run_dir / "img.png"
     image.write_bytes(_png(10))
     cfg.paths.manifest.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"image_path": [str(image)], "image_sha256": [hashing.sha256_file(image)]}).to_parquet(
-        cfg.paths.manifest)
+    row = {"study_id": "s1", "patient_id": "p1", "image_path": str(image), "findings": "", "impression": "Clear.",
+           "report": "Clear.", "split": "train", **dict.fromkeys(CHEXPERT_LABELS),
+           "image_sha256": hashing.sha256_file(image), "unreadable": ""}
+    manifest.validate(pd.DataFrame([row])).to_parquet(cfg.paths.manifest)
     for stage in STAGES:
         for artefact in stage.artefacts:
             path = cfg.run_dir / artefact
@@ -202,3 +206,18 @@ def test_setting_an_api_key_makes_the_reports_stale_without_recording_the_key(re
     assert status["05"].reasons == ["GEMINI_API_KEY/GOOGLE_API_KEY set: false -> true"]
     keys.record_success(recorded_run, "05")
     assert "secret-value-123" not in (recorded_run.run_dir / "run.json").read_text()
+
+
+def test_the_data_stage_output_ignores_where_the_dataset_is_cached(recorded_run, tmp_path):
+    # the same images and reports under another data folder: the manifest's bytes differ, its content hash not
+    from medxpert_utils.core import config as _config
+
+    frame = manifest.read(recorded_run.run_dir)
+    moved = tmp_path / "elsewhere" / "img.png"
+    moved.parent.mkdir()
+    moved.write_bytes((recorded_run.run_dir / "img.png").read_bytes())
+    other = _config.load("params/demo.yaml", tmp_path / "other")
+    other.paths.manifest.parent.mkdir(parents=True)
+    frame.assign(image_path=[str(moved)]).to_parquet(other.paths.manifest)
+    assert other.paths.manifest.read_bytes() != recorded_run.paths.manifest.read_bytes()
+    assert keys.stage_key(other, "01") == keys.stage_key(recorded_run, "01")
