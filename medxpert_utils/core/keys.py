@@ -348,15 +348,14 @@ def record_success(cfg: Config, stage: str | Stage, registry: Registry = STAGES,
 
 def format_status(status: RunStatus) -> str:
     """``medxpert status`` as text: one line per stage, its reasons indented below it."""
-    marks = {"fresh": "fresh  ", "stale": "stale  ", "missing": "missing"}
+    marks = {"fresh": "fresh  ", "stale": "stale  ", "missing": "missing"}  # one width
     lines = [f"run '{status.run}' ({status.run_dir})"]
     for s in status.stages:
         key = f"  key {s.key}" if s.key else ""
         lines.append(f"  {marks[s.state]}  {s.name}{key}")
         lines.extend(f"             - {reason}" for reason in s.reasons)
     todo = [s.stage.number for s in status.stages if s.state != "fresh"]
-    lines.append("every stage is up to date" if not todo else
-                 f"./run_all.sh would redo {', '.join(todo)} (and any stage after them whose key changes)")
+    lines.append("every stage is up to date" if not todo else f"a rerun redoes {', '.join(todo)}")
     return "\n".join(lines)
 
 
