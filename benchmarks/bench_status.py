@@ -73,10 +73,19 @@ def main() -> None:
         t0 = time.perf_counter()
         hashes = hashing.current_sha256(paths)  # cold: reads and hashes every file, fills the cache
         cold_s = time.perf_counter() - t0
-        pd.DataFrame({"image_path": paths, "image_sha256": hashes}).to_parquet(cfg.paths.manifest)
+        from medxpert_utils.data import manifest
+        from medxpert_utils.data.labels import CHEXPERT_LABELS
+
+        ids = [f"{i}" for i in range(args.n)]
+        frame = pd.DataFrame({"study_id": ids, "patient_id": ids, "image_path": paths, "findings": "",
+                              "impression": "Clear.", "report": "Clear.", "split": "train",
+                              **dict.fromkeys(CHEXPERT_LABELS), "image_sha256": hashes, "unreadable": ""})
+        manifest.validate(frame).to_parquet(cfg.paths.manifest)
         for stage in STAGES:
             for artefact in stage.artefacts:
                 target = cfg.run_dir / artefact
+                if target.exists():
+                    continue
                 if "." in target.name:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text("{}")
