@@ -231,12 +231,14 @@ def _input_reasons(old: Mapping[str, JSONValue], new: Mapping[str, JSONValue], i
 
 
 def evaluate(cfg: Config, recorded: Mapping[str, JSONValue] | None = None, registry: Registry = STAGES,
-             flat: Mapping[str, JSONValue] | None = None) -> RunStatus:
+             flat: Mapping[str, JSONValue] | None = None, deep: bool = True) -> RunStatus:
     """Every stage's state for ``cfg`` (its params, its run folder), reading ``run.json`` and the artefacts.
 
     Runs nothing. A stage whose input is still to be remade (the data stage, when stale) is stale or missing with
     that reason and no key. ``recorded`` stands for run.json's content and ``flat`` for the params as
-    :func:`flatten` gives them (both default to the run's).
+    :func:`flatten` gives them (both default to the run's). ``deep=False`` trusts what was recorded about the
+    data stage's files (its images and the manifest it wrote) instead of re-checking them: a glance that costs no
+    file reads, for the dashboard's run picker.
     """
     run_dir = cfg.run_dir
     info = runs.read(run_dir) if recorded is None else dict(recorded)
@@ -254,8 +256,12 @@ def evaluate(cfg: Config, recorded: Mapping[str, JSONValue] | None = None, regis
         pending = [n for n in stage.needs if outputs.get(n) is None]
         inputs: dict[str, JSONValue] = {n: outputs.get(n) for n in stage.needs}
         if stage.reads_images:
-            images = _image_inputs(run_dir)
-            inputs.update({"images": images.fingerprint, **_source_inputs(flat)})
+            if deep:
+                images = _image_inputs(run_dir)
+                inputs.update({"images": images.fingerprint, **_source_inputs(flat)})
+            else:
+                recorded_inputs = _mapping(record.get("inputs"))
+                inputs.update({k: v for k, v in recorded_inputs.items() if k not in stage.needs and k not in names})
         inputs.update(_env_inputs(stage))
         absent = [a for a in stage.artefacts if not (run_dir / a).exists()]
         if pending:
@@ -282,7 +288,8 @@ def evaluate(cfg: Config, recorded: Mapping[str, JSONValue] | None = None, regis
                                      values, inputs)
             else:
                 status = StageStatus(stage, "fresh", key, key, [], values, inputs)
-        status.output = _output(stage, status, run_dir)
+        status.output = _output(stage, status, run_dir) if deep or stage.output_file is None else (
+            str(record["output"]) if status.state == "fresh" and record.get("output") else None)
         outputs[stage.number] = status.output
         out.append(status)
     return RunStatus(cfg.run_name, run_dir, out)
@@ -359,14 +366,14 @@ def format_status(status: RunStatus) -> str:
     return "\n".join(lines)
 
 
-def run_state(run_dir: Path) -> Literal["fresh", "stale", "unknown"]:
+def run_state(run_dir: Path, deep: bool = True) -> Literal["fresh", "stale", "unknown"]:
     """``fresh`` when every stage of a run is up to date for the params it recorded and the data on disk, else
     ``stale`` (``unknown`` when its run.json cannot be read): the dashboard's run picker marks stale runs."""
     from medxpert_utils.core.config import from_run
     from medxpert_utils.core.errors import UserError
 
     try:
-        status = evaluate(from_run(run_dir))
+        status = evaluate(from_run(run_dir), deep=deep)
     except (UserError, OSError, ValueError, KeyError):
         return "unknown"
     return "fresh" if status.fresh else "stale"

@@ -193,10 +193,19 @@ def test_medxpert_status_reports_without_running_anything(recorded_run, capsys):
 
 
 def test_run_state_marks_a_run_stale_when_its_data_changed(recorded_run):
-    assert keys.run_state(recorded_run.run_dir) == "fresh"
+    assert keys.run_state(recorded_run.run_dir) == keys.run_state(recorded_run.run_dir, deep=False) == "fresh"
     (recorded_run.run_dir / "img.png").write_bytes(_png(99))
     assert keys.run_state(recorded_run.run_dir) == "stale"
+    # the dashboard's glance reads no image (it trusts what the data stage recorded); status looks deeper
+    assert keys.run_state(recorded_run.run_dir, deep=False) == "fresh"
+    runs.record_stage(recorded_run.run_dir, "03_retrieval_eval", key="0" * 16)  # made under other params
+    assert keys.run_state(recorded_run.run_dir, deep=False) == "stale"
     assert keys.run_state(recorded_run.run_dir.parent / "nothing-here") == "unknown"
+
+
+def test_a_shallow_evaluation_agrees_with_a_deep_one_on_an_unchanged_run(recorded_run):
+    deep, shallow = keys.evaluate(recorded_run), keys.evaluate(recorded_run, deep=False)
+    assert [(s.state, s.key) for s in deep.stages] == [(s.state, s.key) for s in shallow.stages]
 
 
 def test_setting_an_api_key_makes_the_reports_stale_without_recording_the_key(recorded_run, monkeypatch):

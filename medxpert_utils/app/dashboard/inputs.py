@@ -73,11 +73,12 @@ def run_problem(run_dir: Path | None, model: str = "fine_tuned") -> str | None:
 
 def run_options(selected: Path | None) -> list[tuple[str, str]]:
     """Dropdown options (label, run folder) for the runs under ``outputs/``, plus ``selected``; a run whose
-    stages are not all up to date for its own params and data (:func:`keys.run_state`) is marked stale."""
+    stages are not all up to date for its own params and code (:func:`keys.run_state`, a glance that reads no
+    image: ``medxpert status`` also re-checks the images' content) is marked stale."""
     options = []
     for row in runs.list_runs():
         state = "finished" if row["finished"] else "unfinished"
-        if row["finished"] and keys.run_state(Path(row["path"])) != "fresh":
+        if row["finished"] and keys.run_state(Path(row["path"]), deep=False) != "fresh":
             state = "finished, stale"
         options.append((f"{row['run']} ({row['profile']}, {state})", str(Path(row["path"]).resolve())))
     if selected is not None and str(Path(selected).resolve()) not in {v for _, v in options}:
