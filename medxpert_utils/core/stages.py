@@ -145,8 +145,6 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 
-BY_NUMBER: dict[str, Stage] = {s.number: s for s in STAGES}
-BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 
 
 Registry = Sequence[Stage]
