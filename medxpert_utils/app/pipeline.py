@@ -110,12 +110,18 @@ class _Chain:
         self.parameters = {"PARAMS": str(cfg.params_path), "RUN": str(cfg.run_dir), "OVERRIDES": overrides}
         self.skipped: list[str] = []
         self.ran: list[str] = []
+        self.scan: keys.ImageScan | None = None  # the data stage's images, scanned once per chain (and after it)
+
+    def _scan(self) -> keys.ImageScan:
+        if self.scan is None:
+            self.scan = keys.scan_images(self.cfg.run_dir)
+        return self.scan
 
     def _decide(self, stage: Stage) -> str | None:
         """None when ``stage`` is up to date and not forced (and says so); else the line to log as it starts."""
         if stage.number in self.forced:
             return f"> {stage.name} (forced) ..."
-        status = keys.evaluate(self.cfg, registry=self.registry)[stage.number]
+        status = keys.evaluate(self.cfg, registry=self.registry, scan=self._scan())[stage.number]
         if status.state == "fresh":
             self.log(f"= {stage.name} up to date (key {status.key})")
             return None
@@ -179,7 +185,10 @@ class _Chain:
                     if reason is None:
                         done.add(stage.number)
                         self.ran.append(stage.name)
-                        status = keys.record_success(cfg, stage, self.registry, wall_s=wall, finished=runs.now())
+                        if stage.reads_images:  # the data stage rebuilt the manifest: scan its images anew
+                            self.scan = None
+                        status = keys.record_success(cfg, stage, self.registry, scan=self._scan(), wall_s=wall,
+                                                     finished=runs.now())
                         self.log(f"  {stage.name} done in {wall:.1f} s (key {status.key})")
                     else:
                         runs.record_stage(cfg.run_dir, stage.name, status="failed", wall_s=wall, error=reason,

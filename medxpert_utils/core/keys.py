@@ -14,6 +14,7 @@ input changed, or that the code's version moved); *missing* when it never succee
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -143,23 +144,28 @@ class RunStatus:
 # --- inputs of the data stage ---------------------------------------------------------------------------------
 
 @dataclass
-class _Images:
+class ImageScan:
+    """The data stage's images as they are on disk: a fingerprint of their content hashes, the ones that differ
+    from the manifest's ``image_sha256``, and how many there are."""
+
     fingerprint: str | None
     changed: list[str]
     total: int
 
 
-def _image_inputs(run_dir: Path) -> _Images:
-    """The images the run's manifest lists, hashed as they are on disk now (cached by size and mtime)."""
+def scan_images(run_dir: Path) -> ImageScan:
+    """The images the run's manifest lists, hashed as they are on disk now (cached by size and mtime): the data
+    stage's inputs. The chain scans once and passes the scan to each :func:`evaluate` (``scan``) until the data
+    stage reruns; over hundreds of thousands of images even a cached scan takes seconds."""
     path = run_dir / MANIFEST
     if not path.is_file():
-        return _Images(None, [], 0)
+        return ImageScan(None, [], 0)
     import pandas as pd
 
     try:
         frame = pd.read_parquet(path, columns=["image_path", "image_sha256"])
     except (OSError, ValueError, KeyError):  # a manifest from before content hashes, or a damaged one
-        return _Images(None, [], 0)
+        return ImageScan(None, [], 0)
     paths = frame["image_path"].astype(str).tolist()
     recorded = frame["image_sha256"].astype(str).tolist()
     current = hashing.current_sha256(paths)
@@ -167,23 +173,18 @@ def _image_inputs(run_dir: Path) -> _Images:
     digest_ = hashlib.sha256()
     for p, now in zip(paths, current):
         digest_.update(f"{os.path.basename(p)}\x1f{now}\x1e".encode())
-    return _Images(digest_.hexdigest()[:KEY_LENGTH], changed, len(paths))
+    return ImageScan(digest_.hexdigest()[:KEY_LENGTH], changed, len(paths))
 
 
-def _source_inputs(flat: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
-    """Files of the data source that list its rows (the CSV of the ``csv`` source), by content."""
-    if flat.get("data.source") != "csv" or not flat.get("data.csv_file"):
+def _source_inputs(cfg: Config, stage: Stage) -> dict[str, JSONValue]:
+    """The content of the files that list the data source's rows (``stage.source_files``), e.g. the CSV."""
+    if stage.source_files is None:
         return {}
-    from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
-
-    csv = Path(str(flat["data.csv_file"])).expanduser()
-    if not csv.is_absolute():
-        root = flat.get("data.root")
-        base = Path(str(root)) if root else PROJECT_ROOT
-        if root and not base.is_absolute():
-            base = data_dir().parent / base if str(root).startswith("data/") else PROJECT_ROOT / base
-        csv = base / csv
-    return {"csv": hashing.sha256_file(csv) if csv.is_file() else None}
+    found = resolve(stage.source_files)(cfg)
+    paths = [Path(str(p)) for p in found] if isinstance(found, (list, tuple)) else []
+    if not paths:
+        return {}
+    return {"source files": [hashing.sha256_file(p) if p.is_file() else None for p in paths]}
 
 
 def _env_inputs(stage: Stage) -> dict[str, JSONValue]:
@@ -212,7 +213,7 @@ def _diff(old: Mapping[str, JSONValue], new: Mapping[str, JSONValue]) -> list[st
     return reasons
 
 
-def _input_reasons(old: Mapping[str, JSONValue], new: Mapping[str, JSONValue], images: _Images,
+def _input_reasons(old: Mapping[str, JSONValue], new: Mapping[str, JSONValue], images: ImageScan,
                    names: Mapping[str, str]) -> list[str]:
     reasons = []
     for k in sorted(set(old) | set(new)):
@@ -231,7 +232,8 @@ def _input_reasons(old: Mapping[str, JSONValue], new: Mapping[str, JSONValue], i
 
 
 def evaluate(cfg: Config, recorded: Mapping[str, JSONValue] | None = None, registry: Registry = STAGES,
-             flat: Mapping[str, JSONValue] | None = None, deep: bool = True) -> RunStatus:
+             flat: Mapping[str, JSONValue] | None = None, deep: bool = True,
+             scan: ImageScan | None = None) -> RunStatus:
     """Every stage's state for ``cfg`` (its params, its run folder), reading ``run.json`` and the artefacts.
 
     Runs nothing. A stage whose input is still to be remade (the data stage, when stale) is stale or missing with
@@ -245,7 +247,7 @@ def evaluate(cfg: Config, recorded: Mapping[str, JSONValue] | None = None, regis
     records = _mapping(info.get("stages"))
     flat = flatten(cfg.to_dict()) if flat is None else flat
     outputs: dict[str, str | None] = {}
-    images = _Images(None, [], 0)
+    images = ImageScan(None, [], 0)
     out: list[StageStatus] = []
     names = {s.number: s.name for s in registry}
     for stage in registry:
@@ -257,8 +259,8 @@ def evaluate(cfg: Config, recorded: Mapping[str, JSONValue] | None = None, regis
         inputs: dict[str, JSONValue] = {n: outputs.get(n) for n in stage.needs}
         if stage.reads_images:
             if deep:
-                images = _image_inputs(run_dir)
-                inputs.update({"images": images.fingerprint, **_source_inputs(flat)})
+                images = scan if scan is not None else scan_images(run_dir)
+                inputs.update({"images": images.fingerprint, **_source_inputs(cfg, stage)})
             else:
                 recorded_inputs = _mapping(record.get("inputs"))
                 inputs.update({k: v for k, v in recorded_inputs.items() if k not in stage.needs and k not in names})
@@ -329,7 +331,7 @@ def stage_key(cfg: Config, stage: str | Stage, without: Sequence[str] = (), regi
     for s in (*upstream(target, registry), target):
         inputs: dict[str, JSONValue] = {n: outputs.get(n) for n in s.needs}
         if s.reads_images and s is target:
-            inputs.update({"images": _image_inputs(cfg.run_dir).fingerprint, **_source_inputs(flat)})
+            inputs.update({"images": scan_images(cfg.run_dir).fingerprint, **_source_inputs(cfg, s)})
         inputs.update(_env_inputs(s))
         if s is target:
             return digest(s.version, declared_values(s, flat, without), inputs)
@@ -340,17 +342,19 @@ def stage_key(cfg: Config, stage: str | Stage, without: Sequence[str] = (), regi
     raise AssertionError("unreachable")
 
 
-def record_success(cfg: Config, stage: str | Stage, registry: Registry = STAGES, **fields: JSONValue) -> StageStatus:
-    """After ``stage`` succeeded: write its key, param values, inputs, version and output to ``run.json``."""
+def record_success(cfg: Config, stage: str | Stage, registry: Registry = STAGES, scan: ImageScan | None = None,
+                   **fields: JSONValue) -> StageStatus:
+    """After ``stage`` succeeded: write its key, param values, inputs, version and output to ``run.json``; returns
+    the stage's status as recorded (``scan``: the images as the data stage left them, see :func:`scan_images`)."""
     s = get(stage, registry)
-    status = evaluate(cfg, registry=registry)[s.number]
+    status = evaluate(cfg, registry=registry, scan=scan)[s.number]
     if status.key is None:  # run alone (--only) while an input it reads is still to be remade: no key to record
         runs.record_stage(cfg.run_dir, s.name, status="ok", error=None, key=None, **fields)
         return status
     output = status.key if s.output_file is None else _output_file_hash(s, cfg.run_dir)
     runs.record_stage(cfg.run_dir, s.name, status="ok", error=None, key=status.key, params=status.values,
                       inputs=status.inputs, version=s.version, output=output, **fields)
-    return evaluate(cfg, registry=registry)[s.number]
+    return dataclasses.replace(status, state="fresh", recorded_key=status.key, reasons=[], output=output)
 
 
 def format_status(status: RunStatus) -> str:

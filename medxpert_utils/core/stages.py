@@ -47,6 +47,7 @@ class Stage:
     # its keys. Every other stage's output is its key.
     output_file: str | None = None
     output_hash: str | None = None
+    source_files: str | None = None  # "module:function" of cfg: files listing the source's rows, by content
     reads_images: bool = False
     # Environment variables whose presence (never their value) changes the stage's results: an API key makes
     # report.generator "auto" write with Gemini instead of the offline reporter.
@@ -94,7 +95,7 @@ STAGES: tuple[Stage, ...] = (
         optional_artefacts=("figures/label_prevalence.png", "figures/report_lengths.png", "figures/sample_grid.png"),
         run_ref="medxpert_utils.data.stage:run", version="data-v2",
         output_file="data/manifest.parquet", output_hash="medxpert_utils.data.manifest:file_content_hash",
-        reads_images=True,
+        reads_images=True, source_files="medxpert_utils.data.sources:source_files",
     ),
     Stage(
         "01", "clip_finetune", "Contrastive CLIP fine-tuning", needs=("00",),

@@ -89,9 +89,7 @@ def csv(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     root = resolve_data_root(d.root)
     if not d.csv_file:
         raise UserError("data.csv_file is not set - name the CSV (inside data.root, or an absolute path)")
-    csv_path = Path(d.csv_file).expanduser()
-    if not csv_path.is_absolute():
-        csv_path = (root or PROJECT_ROOT) / csv_path
+    csv_path = _csv_path(cfg)
     if not csv_path.is_file():
         raise UserError(f"CSV not found: {csv_path} - set data.root and data.csv_file")
     base = root or csv_path.parent
@@ -135,6 +133,17 @@ def csv(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, dict]:
         for col in mf.LABEL_COLUMNS:
             frame[col] = pd.to_numeric(table[col].replace("", None), errors="coerce").round().astype("Int8")
     return finish(frame, cfg, stats, progress)
+
+
+def _csv_path(cfg: Config) -> Path:
+    path = Path(cfg.data.csv_file or "").expanduser()
+    return path if path.is_absolute() else (resolve_data_root(cfg.data.root) or PROJECT_ROOT) / path
+
+
+def source_files(cfg: Config) -> list[Path]:
+    """Files that list a source's rows, whose content enters the data stage's key beside its images (the CSV of
+    the ``csv`` source; the other sources are listed by their images and params)."""
+    return [_csv_path(cfg)] if cfg.data.source == "csv" and cfg.data.csv_file else []
 
 
 SOURCES: dict[str, Callable[..., tuple[pd.DataFrame, dict]]] = {

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from medxpert_utils.app import pipeline
-from medxpert_utils.core import runs, stages
+from medxpert_utils.core import keys, runs, stages
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.stages import Stage
 
@@ -125,8 +125,13 @@ def test_a_second_run_skips_what_is_up_to_date_and_a_change_redoes_exactly_its_d
     run_dir = isolated_dirs / "again"
     pipeline.run_chain("params/demo.yaml", run="again", log=lambda m: None, registry=fake_chain)
     messages: list[str] = []
-    pipeline.run_chain("params/demo.yaml", run="again", log=messages.append, registry=fake_chain)
+    scans = []
+    real_scan = keys.scan_images
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keys, "scan_images", lambda run: scans.append(run) or real_scan(run))
+        pipeline.run_chain("params/demo.yaml", run="again", log=messages.append, registry=fake_chain)
     assert _log(run_dir) == ["00", "01", "02"]  # nothing ran again
+    assert scans == [run_dir]  # the data stage's images are scanned once per chain, not once per stage
     assert sum("up to date (key " in m for m in messages) == 3 and "every stage up to date" in messages[-1]
 
     # a volatile param changes nothing; a declared one redoes its stage and what reads it

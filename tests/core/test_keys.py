@@ -230,3 +230,15 @@ def test_the_data_stage_output_ignores_where_the_dataset_is_cached(recorded_run,
     frame.assign(image_path=[str(moved)]).to_parquet(other.paths.manifest)
     assert other.paths.manifest.read_bytes() != recorded_run.paths.manifest.read_bytes()
     assert keys.stage_key(other, "01") == keys.stage_key(recorded_run, "01")
+
+
+def test_the_csv_sources_file_enters_the_data_stage_key(isolated_dirs, session_data_dir):
+    folder = session_data_dir / "my_csv"  # "data/my_csv" resolves inside the dataset cache, as the source reads it
+    folder.mkdir(exist_ok=True)
+    (folder / "index.csv").write_text("image_path,report\na.png,Clear.\n")
+    cfg = config.load("params/demo.yaml", "csvrun", {"data.source": "csv", "data.root": "data/my_csv",
+                                                       "data.csv_file": "index.csv"})
+    before = keys.stage_key(cfg, "00")
+    assert keys.stage_key(cfg, "00") == before
+    (folder / "index.csv").write_text("image_path,report\na.png,Clear.\nb.png,Small effusion.\n")
+    assert keys.stage_key(cfg, "00") != before
