@@ -5,7 +5,7 @@
 #                [--force [NN ...]]     (stages up to date are skipped; --force redoes all, --force NN that one)
 #   ./run_all.sh --status [PARAMS] [--run NAME] [--set KEY=VALUE ...] [--json]
 #   ./run_all.sh --test [PYTEST ARGS ...]
-#   ./run_all.sh --dashboard [--run NAME] [--port N]
+#   ./run_all.sh --dashboard [--run NAME] [--port N] [--set dashboard.KEY=VALUE ...]   (pool, max_sessions, ...)
 #   ./run_all.sh --sweep params/sweeps/NAME.yaml [--until NN] [--parallel N]
 #
 # Sets up what it needs: when this Python lacks the dependencies it creates .venv and installs them from the
@@ -126,7 +126,7 @@ case "$MODE" in
     exec "$PY" -m pytest "${EXTRA[@]}"
     ;;
   dashboard)
-    exec "$PY" -m medxpert_utils.app.dashboard ${RUN:+--run "$RUN"} ${PORT:+--port "$PORT"}
+    exec "$PY" -m medxpert_utils.app.dashboard ${RUN:+--run "$RUN"} ${PORT:+--port "$PORT"} ${CHAIN_ARGS[@]+"${CHAIN_ARGS[@]}"}
     ;;
   sweep)
     exec "$PY" -m medxpert_utils sweep "$SWEEP" "${CHAIN_ARGS[@]}"

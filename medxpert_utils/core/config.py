@@ -277,6 +277,20 @@ class DashboardParams(_Section):
     default_k: int = Field(5, ge=1, le=50, description="Hits shown by default.")
     max_upload_mb: float = Field(20.0, gt=0, description="Largest accepted upload in megabytes.")
     save_uploads: bool = Field(False, description="Write uploads to the run folder (off: kept in memory only).")
+    # Serving (./run_all.sh --dashboard reads these from the run it serves; they change no result, so no stage
+    # reruns for them). Each kernel holds the run's models: README "Dashboard" gives its memory.
+    pool: int = Field(2, ge=0, le=64, description="Kernels kept preheated (notebook run, models loaded) so that a "
+                                                  "new visitor's first query is warm; 0: start one per visitor.")
+    max_sessions: int = Field(8, ge=1, le=256, description="Visitors served at once; beyond it a visitor gets a "
+                                                           "'busy, try again shortly' page.")
+    idle_timeout_s: float = Field(60.0, gt=0, description="A kernel whose page has closed is shut down after this "
+                                                          "many seconds without activity.")
+    open_idle_timeout_s: float = Field(1800.0, gt=0, description="A kernel whose page is open but unused is shut "
+                                                                 "down after this many seconds (reload for a new "
+                                                                 "one).")
+    refill_delay_s: float = Field(15.0, ge=0, description="Seconds before the pool starts a kernel in place of one "
+                                                          "a visitor took (a refill then does not compete with the "
+                                                          "visitors who just arrived for the CPU).")
 
 
 class QueryCheckParams(_Section):

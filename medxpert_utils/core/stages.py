@@ -140,7 +140,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "06", "dashboard", "Dashboard", needs=("03", "05"),
         params=("dashboard", "asr"),
-        volatile=(),
+        volatile=("dashboard.pool", "dashboard.max_sessions", "dashboard.idle_timeout_s",
+                  "dashboard.open_idle_timeout_s", "dashboard.refill_delay_s"),
         artefacts=(),
         run_ref="medxpert_utils.app.dashboard:run_stage", version="dashboard-v1",
     ),

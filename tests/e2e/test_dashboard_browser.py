@@ -25,6 +25,7 @@ from PIL import Image
 
 from medxpert_utils.app.dashboard import render as dashboard_render
 from medxpert_utils.app.dashboard import server
+from medxpert_utils.core.config import DashboardParams
 from medxpert_utils.core.notices import DISCLAIMER
 from medxpert_utils.core.paths import PROJECT_ROOT
 from tests.retrieval.test_ood import ood_test_images
@@ -78,7 +79,7 @@ def served_run(request) -> Path:
 
 @pytest.fixture(scope="module")
 def voila_url(served_run, session_data_dir, tmp_path_factory):
-    """Voilà serving notebook 06 on 127.0.0.1 with the run selected through MEDXPERT_RUN."""
+    """Voilà serving notebook 06 on 127.0.0.1 with the run selected through MEDXPERT_RUN (one preheated kernel)."""
     port = server.free_port(18866)
     log = tmp_path_factory.mktemp("voila") / "voila.log"
     env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QUERY_STRING")}
@@ -87,7 +88,7 @@ def voila_url(served_run, session_data_dir, tmp_path_factory):
     if not os.environ.get("MEDXPERT_DASHBOARD_TEST_RUN"):
         env["MEDXPERT_DATA"] = str(session_data_dir)
     with open(log, "wb") as handle:
-        process = subprocess.Popen(server.voila_command(port), cwd=PROJECT_ROOT, env=env, stdout=handle,
+        process = subprocess.Popen(server.voila_command(port, DashboardParams(pool=1)), cwd=PROJECT_ROOT, env=env, stdout=handle,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/"

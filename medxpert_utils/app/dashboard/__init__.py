@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from medxpert_utils.app.dashboard.controller import Dashboard, build_app
+from medxpert_utils.app.dashboard.warm import page, preheat
 
 if TYPE_CHECKING:
     import ipywidgets
 
     from medxpert_utils.core.config import Config
 
-__all__ = ["Dashboard", "build_app", "run_stage"]
+__all__ = ["Dashboard", "build_app", "page", "preheat", "run_stage"]
 
 
 def run_stage(cfg: Config) -> ipywidgets.Widget:

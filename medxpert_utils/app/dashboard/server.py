@@ -11,7 +11,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medxpert_utils.app.dashboard.inputs import run_problem
+import yaml
+from pydantic import ValidationError
+
+from medxpert_utils.app.dashboard.inputs import pick_run, run_problem
+from medxpert_utils.core import config
+from medxpert_utils.core.config import DashboardParams
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import PROJECT_ROOT, resolve_run_dir
 
@@ -27,24 +32,63 @@ def free_port(start: int = 8866, host: str = "127.0.0.1") -> int:
     raise UserError(f"no free port in {start}-{start + 99}: pass --port")
 
 
-def voila_command(port: int, notebook: Path = NOTEBOOK) -> list[str]:
-    """The Voilà command serving the dashboard on 127.0.0.1 only (code cells hidden, no tracebacks)."""
-    return [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-            "--VoilaConfiguration.show_tracebacks=False", "--VoilaConfiguration.strip_sources=True", str(notebook)]
+def serving_params(run_dir: Path | None, overrides: Sequence[str] = ()) -> DashboardParams:
+    """The serving settings: ``dashboard`` in the params of the run the page shows by default (defaults when
+    there is none), then ``--set dashboard.KEY=VALUE`` overrides (which change nothing in the run)."""
+    board = config.from_run(run_dir).params.dashboard if run_dir is not None else DashboardParams()
+    values = board.model_dump()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        field = key.strip().removeprefix("dashboard.")
+        if not sep or not key.strip().startswith("dashboard.") or field not in values:
+            raise UserError(f"--set {item}: the dashboard takes dashboard.KEY=VALUE with KEY one of "
+                            f"{', '.join(values)}")
+        values[field] = yaml.safe_load(raw)
+    try:
+        return DashboardParams(**values)
+    except ValidationError as exc:
+        raise UserError(f"--set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
 
 
-def serve(run: str | None = None, port: int | None = None) -> int:
+def voila_command(port: int, board: DashboardParams | None = None, notebook: Path = NOTEBOOK) -> list[str]:
+    """The Voilà command serving the dashboard on 127.0.0.1 only (code cells hidden, no tracebacks) with
+    ``board``'s pool of preheated kernels, culling and session cap (:mod:`.voila_app`)."""
+    board = board or DashboardParams()
+    manager = "DashboardKernelManager"
+    cmd = [sys.executable, "-m", "medxpert_utils.app.dashboard.voila_app", "--no-browser", f"--port={port}",
+           "--Voila.ip=127.0.0.1", "--VoilaConfiguration.show_tracebacks=False",
+           "--VoilaConfiguration.strip_sources=True",
+           f"--VoilaConfiguration.multi_kernel_manager_class=medxpert_utils.app.dashboard.voila_app.{manager}",
+           # Culling: a closed page's kernel after idle_timeout_s, an open but unused one after open_idle_timeout_s.
+           f"--{manager}.cull_disconnected_timeout={board.idle_timeout_s:g}",
+           f"--{manager}.cull_idle_timeout={max(1, round(board.open_idle_timeout_s))}",
+           f"--{manager}.cull_interval={max(1, min(30, round(board.idle_timeout_s / 4)))}",
+           f"--{manager}.cull_connected=True",
+           f"--DashboardVoila.max_sessions={board.max_sessions}"]
+    if board.pool > 0:
+        cmd += ["--VoilaConfiguration.preheat_kernel=True", f"--VoilaConfiguration.default_pool_size={board.pool}",
+                f"--VoilaKernelManager.fill_delay={board.refill_delay_s:g}"]
+    return [*cmd, str(notebook)]
+
+
+def serve(run: str | None = None, port: int | None = None, overrides: Sequence[str] = ()) -> int:
     """Serve notebook 06 with Voilà on 127.0.0.1 and print its URL; returns Voilà's exit code."""
     env = dict(os.environ)
     if run:
-        run_dir = resolve_run_dir(run)
+        run_dir: Path | None = resolve_run_dir(run)
         problem = run_problem(run_dir)
         if problem:
             raise UserError(problem)
         env["MEDXPERT_RUN"] = str(run_dir)
+    else:
+        run_dir = pick_run(None, env)
+    board = serving_params(run_dir, overrides)
     port = port or free_port()
     print(f"MedXpert dashboard: http://127.0.0.1:{port}/  (Ctrl+C stops it)", flush=True)
-    process = subprocess.Popen(voila_command(port), cwd=PROJECT_ROOT, env=env)
+    print(f"  {board.pool} preheated kernel(s), at most {board.max_sessions} visitors at once; a closed page's kernel "
+          f"stops after {board.idle_timeout_s:g} s idle (params dashboard.*, or --set dashboard.KEY=VALUE)",
+          flush=True)
+    process = subprocess.Popen(voila_command(port, board), cwd=PROJECT_ROOT, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -57,9 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Serve the MedXpert dashboard.")
     parser.add_argument("--run", help="run name under outputs/ or a path (default: the latest finished run)")
     parser.add_argument("--port", type=int, help="port on 127.0.0.1 (default: the first free from 8866)")
+    parser.add_argument("--set", action="append", default=[], metavar="dashboard.KEY=VALUE",
+                        help="serving setting for this server only, e.g. --set dashboard.pool=2 (repeatable)")
     args = parser.parse_args(argv)
     try:
-        return serve(args.run, args.port)
+        return serve(args.run, args.port, args.set)
     except UserError as exc:
         print(f"medxpert dashboard: error: {exc}", file=sys.stderr)
         return 2
