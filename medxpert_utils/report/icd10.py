@@ -25,7 +25,10 @@ Fracture                     S22.39XA    rib fracture (the usual chest-film frac
 Support Devices              Z97.8       presence of other specified devices; 'pacemaker' -> Z95.0
 ===========================  ==========  ====================================================================
 
-Descriptions always come from the package, never from this table or a language model.
+Descriptions come from the package, never from this table or a language model. Those of the table's own codes
+are read from the package once and kept in :data:`DESCRIPTIONS` (a test checks them against the package), so an
+offline report never loads the package's tables (about 180 MB and seconds per process, a dashboard kernel's
+largest item); any other code, e.g. one a language model proposes, is looked up in the package.
 """
 
 from __future__ import annotations
@@ -76,6 +79,32 @@ MAPPING: dict[str, Mapping] = {
 assert set(MAPPING) == set(OBSERVATIONS)
 
 
+# The descriptions of MAPPING's codes as simple_icd_10_cm gives them (tests/report check they still match).
+DESCRIPTIONS: dict[str, str] = {
+    "R93.1": 'Abnormal findings on diagnostic imaging of heart and coronary circulation',
+    "R93.89": 'Abnormal findings on diagnostic imaging of other specified body structures',
+    "I51.7": 'Cardiomegaly',
+    "R91.8": 'Other nonspecific abnormal finding of lung field',
+    "R91.1": 'Solitary pulmonary nodule',
+    "J81.1": 'Chronic pulmonary edema',
+    "J81.0": 'Acute pulmonary edema',
+    "J18.9": 'Pneumonia, unspecified organism',
+    "J98.11": 'Atelectasis',
+    "J93.9": 'Pneumothorax, unspecified',
+    "J93.0": 'Spontaneous tension pneumothorax',
+    "J90": 'Pleural effusion, not elsewhere classified',
+    "J94.9": 'Pleural condition, unspecified',
+    "J92.9": 'Pleural plaque without asbestos',
+    "S22.39XA": 'Fracture of one rib, unspecified side, initial encounter for closed fracture',
+    "S22.43XA": 'Multiple fractures of ribs, bilateral, initial encounter for closed fracture',
+    "S22.49XA": 'Multiple fractures of ribs, unspecified side, initial encounter for closed fracture',
+    "S22.31XA": 'Fracture of one rib, right side, initial encounter for closed fracture',
+    "S22.32XA": 'Fracture of one rib, left side, initial encounter for closed fracture',
+    "Z97.8": 'Presence of other specified devices',
+    "Z95.0": 'Presence of cardiac pacemaker',
+}
+
+
 def _cm():
     with warnings.catch_warnings():  # the package imports pkg_resources, which warns on import
         warnings.simplefilter("ignore")
@@ -94,8 +123,10 @@ def normalise(code: str) -> str:
 @lru_cache(maxsize=4096)
 def is_valid(code: str) -> bool:
     """True when ``code`` is an ICD-10-CM category, subcategory or extended code (not a chapter or block)."""
-    cm = _cm()
     code = normalise(code)
+    if code in DESCRIPTIONS:
+        return True
+    cm = _cm()
     if not re.fullmatch(r"[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?", code):
         return False
     return bool(cm.is_valid_item(code)) and (cm.is_category_or_subcategory(code) or cm.is_extended_subcategory(code))
@@ -104,6 +135,8 @@ def is_valid(code: str) -> bool:
 def describe(code: str) -> str:
     """The official description of a valid code (ValueError otherwise)."""
     code = normalise(code)
+    if code in DESCRIPTIONS:
+        return DESCRIPTIONS[code]
     if not is_valid(code):
         raise ValueError(f"not an ICD-10-CM code: {code!r}")
     return _cm().get_description(code)

@@ -66,3 +66,28 @@ def test_codes_for_findings_skip_absent_and_deduplicate():
                 Finding(name="Fracture", status="present", location="left")]
     codes = [c.code for c in icd10.codes_for_findings(findings)]
     assert codes == ["R91.8", "S22.32XA"]
+
+
+def test_the_kept_descriptions_are_the_packages_for_exactly_the_tables_codes():
+    assert list(icd10.DESCRIPTIONS) == icd10.all_codes()
+    for code, description in icd10.DESCRIPTIONS.items():
+        assert description == cm.get_description(code), code
+        assert cm.is_category_or_subcategory(code) or cm.is_extended_subcategory(code), code
+
+
+def test_coding_the_tables_findings_does_not_load_the_package():
+    """The package's tables cost ~180 MB and seconds per process: offline reports (and dashboard kernels) skip them;
+    a code outside the table (a language model's) still goes to the package."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from medxpert_utils.report import icd10\n"
+              "from medxpert_utils.report.schema import Finding\n"
+              "codes = icd10.codes_for_findings([Finding(name='Pleural Effusion', status='present'),"
+              " Finding(name='Fracture', status='present', location='left')])\n"
+              "assert [c.code for c in codes] == ['J90', 'S22.32XA'], codes\n"
+              "assert 'simple_icd_10_cm' not in sys.modules\n"
+              "assert icd10.describe('J18.1') and 'simple_icd_10_cm' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
