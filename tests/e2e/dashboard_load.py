@@ -242,6 +242,46 @@ async def ask(page, query: str, timeout_s: float) -> tuple[float, str]:
     return elapsed, await page.locator(".mx-done").first.inner_text()
 
 
+async def ask_image(page, name: str, content: bytes, timeout_s: float) -> tuple[float, str]:
+    """Upload an image (the page searches, captions, reports and locates findings), wait for the answer; returns
+    (seconds from choosing the file to the answer, the page's timing line)."""
+    await page.locator("textarea").fill("")
+    await page.evaluate("document.querySelectorAll('.mx-done, .mx-message').forEach(e => e.remove())")
+    async with page.expect_file_chooser(timeout=timeout_s * 1000) as chooser:
+        await page.locator(".widget-upload", has_text="Upload X-ray").click()
+    start = time.perf_counter()
+    await (await chooser.value).set_files({"name": name, "mimeType": "image/png", "buffer": content})
+    await page.wait_for_function("document.querySelector('.mx-done, .mx-message') !== null",
+                                 timeout=timeout_s * 1000)
+    elapsed = time.perf_counter() - start
+    if await page.locator(".mx-message").count():
+        raise RuntimeError(f"the page shows an error: {await page.locator('.mx-message').inner_text()}")
+    return elapsed, await page.locator(".mx-done").first.inner_text()
+
+
+async def _single(url: str, images: Sequence[tuple[str, bytes]], timeout_s: float) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 1400})
+            result = Visit(0, QUERIES[0])
+            page = await open_page(context, url, timeout_s, result)
+            text_s, _ = await ask(page, QUERIES[0], timeout_s)
+            uploads = [await ask_image(page, name, content, timeout_s) for name, content in images]
+            await context.close()
+            return {"ready_s": result.ready_s, "text_s": text_s, "images": [
+                {"name": name, "answer_s": secs, "timings": line} for (name, _), (secs, line) in zip(images, uploads)]}
+        finally:
+            await browser.close()
+
+
+def single(url: str, images: Sequence[tuple[str, bytes]], timeout_s: float = 120.0) -> dict:
+    """One visitor alone: a text query, then each image uploaded in turn (the first warms nothing the pool has not)."""
+    return asyncio.run(_single(url, images, timeout_s))
+
+
 async def visit(browser, url: str, user: int, query: str, timeout_s: float, close: bool = True):
     """One visitor: a new browser context, the page, one query; returns (Visit, context) (context None if closed)."""
     context = await browser.new_context(viewport={"width": 1280, "height": 1400})
