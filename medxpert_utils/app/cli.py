@@ -14,11 +14,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from medxpert_utils.assistant import Assistant
 from medxpert_utils.core.errors import QueryRejectedError, UserError
 from medxpert_utils.core.stage import parse_overrides
 from medxpert_utils.retrieval.explain import METHODS
+
+if TYPE_CHECKING:  # each command imports what it uses: `medxpert status` loads no model code
+    from medxpert_utils.assistant import Assistant
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,6 +67,7 @@ def _spoken(assistant: Assistant, args: argparse.Namespace) -> dict | None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from medxpert_utils.assistant import Assistant, QueryImage
     from medxpert_utils.retrieval.search import format_hits
 
     assistant = Assistant(args.run)
@@ -73,8 +77,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = assistant.search(text=args.text, k=args.k, model=args.model)
         query = args.text
     else:
-        check = assistant.check_query(image=args.image, model=args.model)
-        hits = assistant.search(image=args.image, k=args.k, model=args.model)
+        image = QueryImage.of(args.image)  # read and decoded once for the check and the search
+        check = assistant.check_query(image=image, model=args.model)
+        hits = assistant.search(image=image, k=args.k, model=args.model)
         query = str(args.image)
     if args.json:
         spoken = {"transcript": transcript} if transcript else {}
@@ -88,12 +93,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from medxpert_utils.assistant import Assistant, QueryImage
     from medxpert_utils.report import render_text
 
     assistant = Assistant(args.run)
     transcript = _spoken(assistant, args)
+    image = QueryImage.of(args.image) if args.image is not None else None
     try:
-        report = assistant.diagnose(image=args.image, text=args.text, question=args.question, k=args.k,
+        report = assistant.diagnose(image=image, text=args.text, question=args.question, k=args.k,
                                     generator=args.generator, model=args.model, force=args.force)
     except QueryRejectedError as exc:
         print(f"medxpert: not answered: {exc}", file=sys.stderr)
@@ -114,16 +121,16 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from medxpert_utils.assistant import Assistant, QueryImage
     from medxpert_utils.core import io
     from medxpert_utils.retrieval.explain import normalise
-    from medxpert_utils.retrieval.search import to_image
     from medxpert_utils.viz.plots import heatmap_overlay
 
     if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out {args.out} must end in .png or .jpg")
-    image = to_image(args.image)
+    image = QueryImage.of(args.image)
     heat = Assistant(args.run).explain(image, args.text, model=args.model, method=args.method)
-    picture = Image.fromarray(heatmap_overlay(image, normalise(heat)))
+    picture = Image.fromarray(heatmap_overlay(image.image, normalise(heat)))
     with io.atomic_path(args.out) as tmp:
         picture.save(tmp, format="PNG" if args.out.suffix.lower() == ".png" else "JPEG")
     y, x = divmod(int(heat.argmax()), heat.shape[1])

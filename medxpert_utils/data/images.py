@@ -29,6 +29,11 @@ from PIL import Image, UnidentifiedImageError
 
 from medxpert_utils.core import stages
 from medxpert_utils.core.errors import ImageLoadError
+from medxpert_utils.data.pixels import colourfulness, scale_to_uint8, to_grey, to_rgb
+
+__all__ = ["ImageChangedError", "ImageFacts", "colourfulness", "image_facts", "image_problem", "is_dicom",
+           "load_image", "load_manifest_image", "read_dicom_pixels", "read_query_image", "scale_to_uint8",
+           "to_grey", "to_rgb", "verify_image"]
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -139,26 +144,6 @@ def is_dicom(source: ImageSource) -> bool:
     return head[DICOM_MAGIC_OFFSET: DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
 
 
-def _to_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Map ``[lo, hi]`` (default: the array's own range) linearly onto 0..255.
-
-    A constant image has no range; it is mapped by its bit depth instead so a flat grey stays grey
-    rather than turning black or white.
-    """
-    arr = np.asarray(arr, dtype=np.float64)
-    if arr.size == 0:
-        return arr.astype(np.uint8)
-    if lo is None or hi is None:
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ValueError("pixel values are not finite")
-    if hi <= lo:
-        depth_max = 255.0 if hi <= 255 else float(2 ** int(np.ceil(np.log2(hi + 1))) - 1)
-        return np.full(arr.shape, np.clip(round(hi / depth_max * 255), 0, 255), dtype=np.uint8)
-    scaled = (arr - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
 def _read_dicom(data: bytes, shown: str):
     """The pydicom dataset of DICOM bytes; one-line :class:`ImageLoadError` when they are not DICOM."""
     import pydicom
@@ -181,17 +166,8 @@ def _dicom_rgb(ds, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
-    """The displayable pixels of a DICOM file as a 2-D ``uint8`` array (bright = dense).
-
-    Applies the modality LUT (rescale slope/intercept) then the VOI LUT or window (first one listed)
-    and inverts MONOCHROME1. Only the pixel array leaves this function - no tag is returned.
-    Multi-frame files give their first frame; colour DICOMs are converted to luminance.
-    """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    shown = _display_name(source, name)
-    ds = _read_dicom(_read_bytes(source, shown, max_bytes), shown)
+def _dicom_frame(ds, shown: str) -> np.ndarray:
+    """The (first) frame of a DICOM dataset's pixel data, with one-line errors for missing or undecodable pixels."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise _fail(shown, "DICOM file has no pixel data (a structured report or a header-only file?)",
                     "export the image itself")
@@ -204,16 +180,22 @@ def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: i
                     "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or export as PNG") from None
     except (*_DECODE_ERRORS, KeyError, AttributeError) as exc:
         raise _fail(shown, f"corrupt DICOM pixel data ({exc.__class__.__name__})") from None
+    return arr[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr
 
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:  # colour: ITU-R 601 luminance, PIL's weights for RGB -> L
+
+def _dicom_grey(ds, shown: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The displayable grey pixels of a DICOM dataset (uint8, bright = dense) and, for a colour DICOM, its RGB
+    frame (None for a grey one)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = _dicom_frame(ds, shown)
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:  # colour: the one grey conversion, after scaling to 8 bits
         try:
-            arr = _dicom_rgb(ds, arr)
+            rgb = _dicom_rgb(ds, arr)[..., :3]
         except (NotImplementedError, ValueError) as exc:
             raise _fail(shown, f"unsupported DICOM colour space ({_short(exc)})", "export as PNG") from None
-        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        return _to_uint8(arr, 0, 255 if arr.max() <= 255 else float(arr.max()))
+        top = float(rgb.max())
+        return np.asarray(to_grey(scale_to_uint8(rgb, 0, 255 if top <= 255 else top))), rgb
     if arr.ndim != 2:
         raise _fail(shown, f"unexpected DICOM pixel array shape {arr.shape}", "export a single 2-D image")
 
@@ -228,48 +210,68 @@ def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: i
             # pixels clipped by the window map to pure black / white, as a viewer shows them.
             with np.errstate(over="ignore"):
                 lo, hi = (float(v) for v in apply_voi_lut(np.array([-1e30, 1e30]), ds, index=0))
-        out = _to_uint8(values, lo, hi)
+        out = scale_to_uint8(values, lo, hi)
     except (*_DECODE_ERRORS, KeyError, AttributeError, NotImplementedError) as exc:
         raise _fail(shown, f"cannot apply the DICOM LUT/window ({exc.__class__.__name__})") from None
     # MONOCHROME1: low values are white. Invert so every image shows dense tissue bright.
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         out = 255 - out
-    return out
+    return out, None
 
 
-def _pil_to_gray(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit "L"; 16/32-bit and float images are scaled by their actual range."""
-    if img.mode == "L":
-        return img.copy()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img)
-        return Image.fromarray(_to_uint8(arr))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels would turn black through a plain convert; flatten onto white first.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("L")
-    return img.convert("L")
+def read_dicom_pixels(source: ImageSource, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
+    """The displayable pixels of a DICOM file as a 2-D ``uint8`` array (bright = dense).
+
+    Applies the modality LUT (rescale slope/intercept) then the VOI LUT or window (first one listed)
+    and inverts MONOCHROME1. Only the pixel array leaves this function - no tag is returned.
+    Multi-frame files give their first frame; colour DICOMs are converted to luminance (:func:`to_grey`).
+    """
+    shown = _display_name(source, name)
+    return _dicom_grey(_read_dicom(_read_bytes(source, shown, max_bytes), shown), shown)[0]
 
 
 def load_image(source: ImageSource, name: str | None = None, max_bytes: int | None = None) -> Image.Image:
     """Read a PNG, JPEG or DICOM image (path, bytes or binary file object) as 8-bit grayscale.
 
     16-bit images are mapped linearly from their own min..max onto 0..255 (never clipped to white);
-    RGB is converted to luminance; DICOM goes through :func:`read_dicom_pixels`. ``name`` is the
-    name used in error messages (defaults to the path). ``max_bytes`` refuses larger inputs.
+    RGB is converted to luminance (:func:`to_grey`); DICOM goes through :func:`read_dicom_pixels`. ``name`` is
+    the name used in error messages (defaults to the path). ``max_bytes`` refuses larger inputs.
     Raises :class:`ImageLoadError` (one line naming the file) for anything unreadable, including
     truncated files: PIL's ``LOAD_TRUNCATED_IMAGES`` is left off on purpose.
     """
+    return _decode(source, name, max_bytes, facts=False)[0]
+
+
+def read_query_image(source: ImageSource, name: str | None = None,
+                     max_bytes: int | None = None) -> tuple[Image.Image, ImageFacts]:
+    """:func:`load_image` and :func:`image_facts` of a file from one read and one decode (a DICOM is parsed once)."""
+    image, facts = _decode(source, name, max_bytes, facts=True)
+    assert facts is not None
+    return image, facts
+
+
+def _decode(source: ImageSource, name: str | None, max_bytes: int | None,
+            facts: bool) -> tuple[Image.Image, ImageFacts | None]:
     shown = _display_name(source, name)
     data = _read_bytes(source, shown, max_bytes)
     suffix = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
     if is_dicom(data) or suffix in _DICOM_SUFFIXES or (name and Path(name).suffix.lower() in _DICOM_SUFFIXES):
-        return Image.fromarray(read_dicom_pixels(data, name=shown))
-    return _decode_with_pil(data, shown)
+        ds = _read_dicom(data, shown)
+        grey, rgb = _dicom_grey(ds, shown)
+        if not facts:
+            return Image.fromarray(grey), None
+        colour = 0.0 if rgb is None else colourfulness(rgb.astype(np.float32) / max(float(rgb.max()), 1.0))
+        return Image.fromarray(grey), _dicom_facts(ds, colour)
+    img = _decode_with_pil(data, shown)
+    try:
+        grey = to_grey(img)
+    except _DECODE_ERRORS as exc:
+        raise _fail(shown, f"unsupported pixel layout (mode {img.mode}: {_short(exc)})") from None
+    return grey, ImageFacts(colourfulness=colourfulness(img)) if facts else None
 
 
 def _decode_with_pil(data: bytes, shown: str) -> Image.Image:
+    """The image PIL decodes from ``data``, in its own mode; one-line errors for anything unreadable."""
     fmt = _guess_format(data)
     try:
         with warnings.catch_warnings():
@@ -283,10 +285,7 @@ def _decode_with_pil(data: bytes, shown: str) -> Image.Image:
         raise _fail(shown, "too large (more pixels than the decompression-bomb limit)", "downscale the image") from None
     except _DECODE_ERRORS as exc:
         raise _fail(shown, f"truncated or corrupt {fmt} ({_short(exc)})") from None
-    try:
-        return _pil_to_gray(img)
-    except _DECODE_ERRORS as exc:
-        raise _fail(shown, f"unsupported pixel layout (mode {img.mode}: {_short(exc)})") from None
+    return img
 
 
 def verify_image(source: str | os.PathLike, name: str | None = None, full: bool = False,
@@ -353,71 +352,28 @@ class ImageFacts:
     dicom: bool = False
 
 
-def colourfulness(img: Image.Image | np.ndarray) -> float:
-    """Mean chroma in 0..1 (per pixel max - min of R, G, B): 0 for a grey image, ~0.3+ for a colour photo."""
-    if isinstance(img, Image.Image):
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        if img.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-            return 0.0  # grey, 16-bit, float: no colour
-        img.thumbnail((256, 256))  # chroma is a global property: a thumbnail is enough and fast
-        arr = np.asarray(img.convert("RGB"), dtype=np.float32)
-    else:
-        arr = np.asarray(img, dtype=np.float32)
-        if arr.ndim != 3 or arr.shape[-1] < 3:
-            return 0.0
-        arr = arr[..., :3]
-    chroma = arr.max(axis=-1) - arr.min(axis=-1)
-    scale = 255.0 if arr.size and arr.max() > 1.0 else 1.0  # uint8-like values, or already in 0..1
-    return float(chroma.mean() / scale) if arr.size else 0.0
-
-
 def image_facts(source: ImageSource | Image.Image | np.ndarray, name: str | None = None,
                 max_bytes: int | None = None) -> ImageFacts:
     """Colourfulness and, for DICOM, the Modality / BodyPartExamined / ViewPosition tags of a query image.
 
     Reads the same sources as :func:`load_image` (plus PIL images and arrays); an unreadable file raises
-    :class:`ImageLoadError`. No other DICOM tag is read into the result.
+    :class:`ImageLoadError`. No other DICOM tag is read into the result. A query that also needs the pixels
+    reads both at once with :func:`read_query_image`.
     """
     if isinstance(source, (Image.Image, np.ndarray)):
-        return ImageFacts(colourfulness=colourfulness(source.copy() if isinstance(source, Image.Image) else source))
-    shown = _display_name(source, name)
-    data = _read_bytes(source, shown, max_bytes)
-    suffix = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
-    if is_dicom(data) or suffix in (".dcm", ".dicom") or (name and Path(name).suffix.lower() == ".dcm"):
-        ds = _read_dicom(data, shown)
-
-        def tag(keyword: str) -> str | None:
-            value = str(ds.get(keyword, "") or "").strip().upper()
-            return value or None
-
-        colour = 0.0
-        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:  # a colour DICOM (photo, endoscopy, a secondary capture)
-            try:
-                arr = ds.pixel_array
-                if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-                    arr = arr[0]
-                arr = _dicom_rgb(ds, arr)
-                colour = colourfulness(arr.astype(np.float32) / max(float(arr.max()), 1.0))
-            except (NotImplementedError, RuntimeError, *_DECODE_ERRORS, KeyError, AttributeError):
-                colour = 1.0  # colour pixels we cannot decode: not a plain radiograph either way
-        return ImageFacts(colourfulness=colour, modality=tag("Modality"), body_part=tag("BodyPartExamined"),
-                          view=tag("ViewPosition"), dicom=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS):
-        load_image(data, name=shown)  # raises the same one-line error a query would
-        raise
-    return ImageFacts(colourfulness=colourfulness(img))
+        return ImageFacts(colourfulness=colourfulness(source))
+    return read_query_image(source, name, max_bytes)[1]
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """3-channel copy of an image, as CLIP/BLIP processors expect (gray replicated to R, G, B)."""
-    return img if img.mode == "RGB" else _pil_to_gray(img).convert("RGB")
+def _dicom_facts(ds, colour: float) -> ImageFacts:
+    """The query check's DICOM facts: Modality, BodyPartExamined and ViewPosition, nothing else of the header."""
+
+    def tag(keyword: str) -> str | None:
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        return value or None
+
+    return ImageFacts(colourfulness=colour, modality=tag("Modality"), body_part=tag("BodyPartExamined"),
+                      view=tag("ViewPosition"), dicom=True)
 
 
 def _unrecognised(data: bytes) -> str:

@@ -82,6 +82,7 @@ class Explainer:
 
         self.model, self.processor, self.max_length, self.shifts = model, processor, max_length, int(shifts)
         self.contrast = contrast
+        self._contrast_vectors: dict[str, np.ndarray] = {}  # the neutral text's embedding, made on first use
         self.transform = image_transform(processor)
         self.patch_size = int(model.config.vision_config.patch_size)
 
@@ -108,25 +109,32 @@ class Explainer:
     # --- pieces ------------------------------------------------------------------------------------------------
 
     def text_embeddings(self, texts: Sequence[str]) -> "torch.Tensor":
+        """The texts' embeddings less the neutral one (:data:`NEUTRAL_TEXT`, embedded once per explainer)."""
         import torch
 
+        texts = [check_text(t) for t in texts]
+        out = self._embed(texts)
+        if self.contrast:  # cos(x, t) - cos(x, neutral) = x . (t - neutral): what the text says beyond a normal film
+            if self.contrast not in self._contrast_vectors:
+                self._contrast_vectors[self.contrast] = self._embed([self.contrast])
+            out = out - self._contrast_vectors[self.contrast]
+        return torch.from_numpy(out).to(self._device)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         from medxpert_utils.retrieval.encoders import embed_texts
 
-        texts = [check_text(t) for t in texts]
-        out = embed_texts(self.model, self.processor, texts + ([self.contrast] if self.contrast else []),
-                          max_length=self.max_length, mixed_precision="no", progress=False)
-        if self.contrast:  # cos(x, t) - cos(x, neutral) = x . (t - neutral): what the text says beyond a normal film
-            out = out[:-1] - out[-1:]
-        return torch.from_numpy(out).to(self._device)
+        return embed_texts(self.model, self.processor, texts, max_length=self.max_length, mixed_precision="no",
+                           progress=False)
 
     @property
     def _device(self) -> "torch.device":
         return next(self.model.parameters()).device
 
-    def _pixels(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+    def pixel_values(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+        """The model's input for grey images: (n, 3, H, W) float32 on the CPU (the search engine's transform)."""
         import torch
 
-        return torch.stack([self.transform(img) for img in images]).to(self._device)
+        return torch.stack([self.transform(img) for img in images])
 
     def _grid(self, pixel_values: "torch.Tensor") -> int:
         return pixel_values.shape[-1] // self.patch_size
@@ -247,14 +255,20 @@ class Explainer:
     # --- public -----------------------------------------------------------------------------------------------
 
     def maps(self, images: Sequence[Any], texts: Sequence[str], method: str = DEFAULT_METHOD,
-             batch_size: int = 32) -> list[np.ndarray]:
-        """One map per (image, text) pair, each the size of its image (float32, higher = more similar)."""
+             batch_size: int = 32, pixel_values: "torch.Tensor | None" = None) -> list[np.ndarray]:
+        """One map per (image, text) pair, each the size of its image (float32, higher = more similar).
+
+        ``pixel_values``: the images' model input when the caller has it already (:meth:`pixel_values`; one row
+        per image), so they are not transformed again.
+        """
         from medxpert_utils.retrieval.search import to_image
 
         check_method(method)
         if len(images) != len(texts):
             raise UserError(f"{len(images)} images but {len(texts)} texts - pass one text per image")
         pil = [to_image(img) for img in images]
+        if pixel_values is not None and len(pixel_values) != len(pil):
+            raise ValueError(f"{len(pixel_values)} rows of pixel values for {len(pil)} images")
         text = self.text_embeddings(texts)
         out: list[np.ndarray] = []
         was_training = self.model.training
@@ -262,16 +276,20 @@ class Explainer:
         try:
             for start in range(0, len(pil), batch_size):
                 chunk = pil[start:start + batch_size]
-                grids = self._input_maps(self._pixels(chunk), text[start:start + batch_size], method)
+                pixels = (self.pixel_values(chunk) if pixel_values is None
+                          else pixel_values[start:start + batch_size])
+                grids = self._input_maps(pixels.to(self._device), text[start:start + batch_size], method)
                 grids_np = grids.detach().cpu().numpy()
                 out.extend(self._to_image(grid, img) for grid, img in zip(grids_np, chunk))
         finally:
             self.model.train(was_training)
         return out
 
-    def explain(self, image: Any, text: str, method: str = DEFAULT_METHOD) -> np.ndarray:
-        """The similarity map of ``text`` over ``image`` (path, bytes, PIL or array), the image's size."""
-        return self.maps([image], [text], method)[0]
+    def explain(self, image: Any, text: str, method: str = DEFAULT_METHOD,
+                pixel_values: "torch.Tensor | None" = None) -> np.ndarray:
+        """The similarity map of ``text`` over ``image`` (path, bytes, PIL or array), the image's size;
+        ``pixel_values`` as in :meth:`maps`."""
+        return self.maps([image], [text], method, pixel_values=pixel_values)[0]
 
 
 def explain(run: str | os.PathLike, image: Any, text: str, model: str = "fine_tuned",

@@ -140,18 +140,16 @@ def save_index(index_dir: str | Path, indexes: Mapping[str, "faiss.Index"], cach
 
 def _expected(embeddings_dir: Path) -> dict[str, Any]:
     """Cache key and per-kind (count, dim) that indexes built from ``embeddings_dir``'s corpus must have."""
-    import pandas as pd
-
-    from medxpert_utils.retrieval.store import CACHE_KEY_FILE, CORPUS_DIR, IDS_FILE
+    from medxpert_utils.retrieval.store import CACHE_KEY_FILE, CORPUS_DIR, IDS_FILE, read_columns
 
     key_file = embeddings_dir / CACHE_KEY_FILE
     corpus = embeddings_dir / CORPUS_DIR
     if not key_file.is_file() or not (corpus / "image.npy").is_file():
         raise stages.missing(f"no embeddings at {embeddings_dir}", "02", _run_name(embeddings_dir))
     image = np.load(corpus / "image.npy", mmap_mode="r")
-    groups = pd.read_parquet(corpus / IDS_FILE, columns=["report_group"])["report_group"]
+    groups = read_columns(corpus / IDS_FILE, ["report_group"])["report_group"]
     return {"cache_key": io.read_json(key_file)["key"],
-            "image": (image.shape[0], image.shape[1]), "text": (int(groups.nunique()), image.shape[1])}
+            "image": (image.shape[0], image.shape[1]), "text": (len(np.unique(groups)), image.shape[1])}
 
 
 def _run_name(folder: Path) -> str | None:

@@ -14,8 +14,10 @@ gates:
   0.966-0.970 for k in 1..20) and keeps more of the test split (96.7% against 91-93%).
 
 The threshold is calibrated on the validation split (params ``query_check.accept``, 95% of validation images
-accepted) and stored beside the embeddings as ``embeddings/<model>/ood.json``; notebook 02 writes it
-(:func:`calibrate_run`), and a run without it (or with a stale one) is calibrated on first use.
+accepted) and stored beside the embeddings as ``embeddings/<model>/ood.json``, with what a query's check reads in
+``ood.npz`` (:class:`Reference`: the training rows, their Gaussian, the corpus vocabulary), so a query reads no
+corpus table and fits nothing (scikit-learn calibrates, it does not check); notebook 02 writes both
+(:func:`calibrate_run`), and a run without them (or with stale ones) gets them on first use.
 
 Text queries get a vocabulary check: the share of the query's content words (English stop words left out) that no
 report of the corpus uses; a query none of whose words a report uses is flagged.
@@ -33,12 +35,14 @@ import numpy as np
 
 from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import RunNotReadyError, UserError
+from medxpert_utils.retrieval.stop_words import ENGLISH_STOP_WORDS
 
 if TYPE_CHECKING:
     from medxpert_utils.core.config import Config
     from medxpert_utils.data.images import ImageFacts
 
 OOD_FILE = "ood.json"
+REFERENCE_FILE = "ood.npz"  # beside ood.json: what a query's check reads (see Reference)
 OOD_VERSION = "ood-v1"
 METHODS = ("knn", "mahalanobis")
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
@@ -101,7 +105,7 @@ class Gaussian:
 
     @classmethod
     def fit(cls, bank: np.ndarray) -> "Gaussian":
-        from sklearn.covariance import LedoitWolf
+        from sklearn.covariance import LedoitWolf  # calibration only: a query reads the saved fit (Reference)
 
         model = LedoitWolf().fit(np.asarray(bank, dtype=np.float64))
         return cls(model.location_, model.precision_)
@@ -183,30 +187,97 @@ def calibrate(bank: np.ndarray, calibration: np.ndarray, method: str = "knn", k:
               accept: float = 0.95) -> tuple[float, np.ndarray]:
     """The threshold that accepts ``accept`` of the calibration images, and their scores."""
     values = scores(method, bank, calibration, k)
-    return float(np.quantile(values, accept, method="higher")), values
+    return accepting(values, accept), values
+
+
+def accepting(values: np.ndarray, accept: float) -> float:
+    """The threshold that accepts the share ``accept`` of the scores ``values``."""
+    return float(np.quantile(values, accept, method="higher"))
+
+
+@dataclass
+class Reference:
+    """What a query's check reads besides ``ood.json``, saved beside it as ``ood.npz`` so that a query reads no
+    corpus table and fits nothing: the corpus rows of the training images compared with (``bank_rows``), their
+    Gaussian (``mean``, ``precision``; the mahalanobis method) and the words of the corpus reports (``vocabulary``),
+    with the ``embeddings_key`` they belong to."""
+
+    bank_rows: np.ndarray
+    vocabulary: frozenset[str]
+    gaussian: Gaussian | None = None
+
+    @classmethod
+    def build(cls, corpus: Any, cfg: "Config", bank_rows: np.ndarray | None = None) -> "Reference":
+        """From the loaded corpus (:func:`~medxpert_utils.retrieval.store.load_embeddings`); fits the Gaussian when
+        ``query_check.method`` is mahalanobis."""
+        if bank_rows is None:
+            bank_rows = split_bank(corpus.rows["split"].to_numpy(), cfg.seed)[0]
+        gaussian = (Gaussian.fit(np.asarray(corpus.image)[bank_rows]) if cfg.query_check.method == "mahalanobis"
+                    else None)
+        return cls(np.asarray(bank_rows, dtype=np.int64), report_vocabulary(corpus.rows["report"]), gaussian)
+
+    def save(self, path: Path, embeddings_key: str) -> None:
+        arrays = {"embeddings_key": np.str_(embeddings_key), "bank_rows": self.bank_rows,
+                  "vocabulary": np.array(sorted(self.vocabulary), dtype=str)}
+        if self.gaussian is not None:
+            arrays.update(mean=self.gaussian.mean, precision=self.gaussian.precision)
+        with io.atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, path: Path, calibration: Calibration) -> "Reference | None":
+        """The reference saved at ``path`` when it belongs to ``calibration`` (same embeddings, and a Gaussian when
+        the method needs one), else None."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if str(saved["embeddings_key"]) != calibration.embeddings_key:
+                    return None
+                gaussian = Gaussian(saved["mean"], saved["precision"]) if "mean" in saved else None
+                reference = cls(saved["bank_rows"], frozenset(saved["vocabulary"].tolist()), gaussian)
+        except (OSError, ValueError, KeyError):
+            return None
+        if calibration.method == "mahalanobis" and gaussian is None:
+            return None
+        return reference
 
 
 def calibrate_run(cfg: "Config", model: str = "fine_tuned") -> Calibration:
-    """Calibrate the query check of ``model`` on the run's validation images; writes ``embeddings/<model>/ood.json``.
+    """Calibrate the query check of ``model`` on the run's validation images; writes ``embeddings/<model>/ood.json``
+    and, before it, what a query's check reads (:class:`Reference`, ``ood.npz``).
 
-    Notebook 02 calls it after embedding; :func:`load_checker` calls it when the file is missing or stale.
+    Notebook 02 calls it after embedding; :meth:`QueryChecker.from_run` calls it when the file is missing or stale.
     """
+    return _calibrate(cfg, model, _corpus(cfg, model))[0]
+
+
+def _corpus(cfg: "Config", model: str) -> Any:
     from medxpert_utils.retrieval.store import load_embeddings
 
+    try:
+        return load_embeddings(cfg.paths.embeddings(model), corpus=True, mmap=True)
+    except RunNotReadyError:
+        raise stages.missing(f"run '{cfg.run_name}' has no {model} embeddings for the query check", "02",
+                             cfg.run_name) from None
+
+
+def _calibrate(cfg: "Config", model: str, corpus: Any) -> tuple[Calibration, Reference]:
     qc = cfg.query_check
-    corpus = load_embeddings(cfg.paths.embeddings(model), corpus=True, mmap=True)
     bank_rows, val_rows, where = split_bank(corpus.rows["split"].to_numpy(), cfg.seed)
     image = np.asarray(corpus.image)
-    threshold, values = calibrate(image[bank_rows], image[val_rows], qc.method, qc.k, qc.accept)
+    reference = Reference.build(corpus, cfg, bank_rows)  # the Gaussian fitted once: threshold and queries
+    values = (reference.gaussian.scores(image[val_rows]) if reference.gaussian is not None
+              else scores(qc.method, image[bank_rows], image[val_rows], qc.k))
+    threshold = accepting(values, qc.accept)
     result = Calibration(method=qc.method, k=qc.k, threshold=threshold, accept=qc.accept,
                          colour_limit=qc.colour_limit, n_bank=len(bank_rows), n_calibration=len(val_rows),
                          calibration_rows=where, val_accepted=float(np.mean(values <= threshold)),
                          embeddings_key=str(corpus.cache_key.get("key", "")))
     try:
+        reference.save(reference_file(cfg, model), result.embeddings_key)
         io.write_json(ood_file(cfg, model), asdict(result))
     except OSError:  # a read-only shared run: the check still works, calibrated in memory
         pass
-    return result
+    return result, reference
 
 
 def read_calibration(cfg: "Config", model: str = "fine_tuned") -> Calibration | None:
@@ -227,27 +298,39 @@ def read_calibration(cfg: "Config", model: str = "fine_tuned") -> Calibration | 
 class QueryChecker:
     """The query check of one run and model: gates, the calibrated score, and the corpus vocabulary for text."""
 
-    def __init__(self, bank: np.ndarray, calibration: Calibration, vocabulary: set[str] | frozenset[str] = frozenset()):
+    def __init__(self, bank: np.ndarray, calibration: Calibration, vocabulary: set[str] | frozenset[str] = frozenset(),
+                 gaussian: Gaussian | None = None):
         self.calibration = calibration
         self.bank = np.asarray(bank, dtype=np.float32)
         self.vocabulary = frozenset(vocabulary)
-        self._gaussian = Gaussian.fit(self.bank) if calibration.method == "mahalanobis" else None
+        if calibration.method == "mahalanobis" and gaussian is None:
+            gaussian = Gaussian.fit(self.bank)
+        self._gaussian = gaussian if calibration.method == "mahalanobis" else None
 
     @classmethod
     def from_run(cls, run: "str | os.PathLike | Config", model: str = "fine_tuned") -> "QueryChecker":
-        """The checker of a run's ``model`` embeddings, calibrating it first when ``ood.json`` is missing or stale."""
+        """The checker of a run's ``model`` embeddings from ``ood.json`` and ``ood.npz`` (no corpus table read, nothing
+        fitted); calibrated first when they are missing or stale, the reference rebuilt (and saved) for a run
+        calibrated before it was saved."""
         from medxpert_utils.core import config
-        from medxpert_utils.retrieval.store import load_embeddings
+        from medxpert_utils.retrieval.store import CORPUS_DIR
 
         cfg = run if hasattr(run, "paths") else config.from_run(run)
-        try:
-            corpus = load_embeddings(cfg.paths.embeddings(model), corpus=True, mmap=True)
-        except RunNotReadyError:
-            raise stages.missing(f"run '{cfg.run_name}' has no {model} embeddings for the query check", "02",
-                                 cfg.run_name) from None
-        calibration = read_calibration(cfg, model) or calibrate_run(cfg, model)
-        bank_rows, _, _ = split_bank(corpus.rows["split"].to_numpy(), cfg.seed)
-        return cls(np.asarray(corpus.image)[bank_rows], calibration, report_vocabulary(corpus.rows["report"]))
+        calibration = read_calibration(cfg, model)
+        reference = Reference.load(reference_file(cfg, model), calibration) if calibration else None
+        if calibration is None:
+            calibration, reference = _calibrate(cfg, model, _corpus(cfg, model))
+        elif reference is None:
+            reference = Reference.build(_corpus(cfg, model), cfg)
+            try:
+                reference.save(reference_file(cfg, model), calibration.embeddings_key)
+            except OSError:  # a read-only shared run: rebuilt by the next process
+                pass
+        vectors = cfg.paths.embeddings(model) / CORPUS_DIR / "image.npy"
+        if not vectors.is_file():
+            _corpus(cfg, model)  # says which stage to run
+        image = np.load(vectors, mmap_mode="r")
+        return cls(image[reference.bank_rows], calibration, reference.vocabulary, reference.gaussian)
 
     def score(self, vectors: np.ndarray) -> np.ndarray:
         """Scores of L2-normalised image embeddings (n, dim); higher is less like the training images."""
@@ -284,9 +367,7 @@ def report_vocabulary(reports: Any) -> frozenset[str]:
 
 
 def content_words(query: str) -> list[str]:
-    """The query's lower-case words without English stop words (scikit-learn's list)."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
+    """The query's lower-case words without English stop words (scikit-learn's list, :mod:`.stop_words`)."""
     return [w for w in _WORD.findall(str(query).lower()) if w not in ENGLISH_STOP_WORDS]
 
 
@@ -316,3 +397,7 @@ def describe(calibration: Calibration) -> dict[str, Any]:
 
 def ood_file(cfg: "Config", model: str = "fine_tuned") -> Path:
     return cfg.paths.embeddings(model) / OOD_FILE
+
+
+def reference_file(cfg: "Config", model: str = "fine_tuned") -> Path:
+    return cfg.paths.embeddings(model) / REFERENCE_FILE

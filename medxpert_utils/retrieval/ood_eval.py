@@ -247,7 +247,7 @@ def evaluate(run: Any, model: str = "fine_tuned", n_per_group: int = 30, seed: i
     ``table``: one row per image (group, name, facts, every score, the check's verdict).
     """
     from medxpert_utils.core import config
-    from medxpert_utils.data.images import image_facts, load_image
+    from medxpert_utils.data.images import read_query_image
     from medxpert_utils.retrieval import ood
     from medxpert_utils.retrieval.search import SearchEngine
     from medxpert_utils.retrieval.store import load_embeddings
@@ -265,8 +265,9 @@ def evaluate(run: Any, model: str = "fine_tuned", n_per_group: int = 30, seed: i
         items += ood_set(test_paths, n_per_group, seed)
         for start in range(0, len(items), 64):
             chunk = items[start:start + 64]
-            vectors.append(engine.embed_image([load_image(it.content, name=it.name) for it in chunk]))
-            facts += [image_facts(it.content, name=it.name) for it in chunk]
+            decoded = [read_query_image(it.content, name=it.name) for it in chunk]  # pixels and facts, one decode
+            vectors.append(engine.embed_image([image for image, _ in decoded]))
+            facts += [image_facts for _, image_facts in decoded]
     vectors = np.concatenate(vectors)
     bank_rows, val_rows, _ = ood.split_bank(corpus.rows["split"].to_numpy(), cfg.seed)
     bank, val = np.asarray(corpus.image)[bank_rows], np.asarray(corpus.image)[val_rows]

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import ImageLoadError, UserError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas loads for tables (notebooks, exports); a query reads its corpus rows without it
     import faiss
+    import pandas as pd
+    import torch
     from PIL import Image
 
 EMPTY_QUERY = "empty query - type a question or finding, e.g. 'signs of pneumonia'"
@@ -71,29 +72,20 @@ def check_k(k: Any) -> int:
 
 
 def to_image(image: Any, name: str | None = None) -> "Image.Image":
-    """A query image as PIL mode "L": from a path, bytes, a PIL image or a numpy array (H, W[, C])."""
+    """A query image as PIL mode "L": from a path, bytes, a PIL image or a numpy array (H, W[, C]).
+
+    Files are decoded by :func:`~medxpert_utils.data.images.load_image`, images and arrays turned grey by the same
+    :func:`~medxpert_utils.data.pixels.to_grey`, so one picture gives one grey image whatever form it came in.
+    """
     from PIL import Image
 
     from medxpert_utils.data.images import load_image
+    from medxpert_utils.data.pixels import to_grey
 
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(image, "read"):
         return load_image(image, name=name)
-    if isinstance(image, Image.Image):
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit depth: rescale, do not clip at 255
-            return to_image(np.asarray(image), name)
-        return image if image.mode == "L" else image.convert("L")
-    if isinstance(image, np.ndarray):
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-            arr = arr[..., :3].mean(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]
-        if arr.ndim != 2 or arr.size == 0:
-            raise ImageLoadError(f"cannot read image '{name or '<array>'}': expected a 2-D grey or (H, W, 3) array, "
-                                 f"got shape {image.shape} - pass an image array")
-        arr = arr.astype(np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        if image.dtype != np.uint8:  # rescale any range (uint16, float) to 0..255
-            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8), mode="L")
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return to_grey(image, name)
     raise ImageLoadError(f"cannot read image of type {type(image).__name__} - pass a path, bytes, a PIL image "
                          "or an array")
 
@@ -101,7 +93,8 @@ def to_image(image: Any, name: str | None = None) -> "Image.Image":
 class SearchEngine:
     """Top-K search over one model's corpus; build it with :meth:`from_run`."""
 
-    def __init__(self, rows: pd.DataFrame, image_index: "faiss.Index", text_index: "faiss.Index",
+    def __init__(self, rows: "pd.DataFrame | Mapping[str, np.ndarray]", image_index: "faiss.Index",
+                 text_index: "faiss.Index",
                  model_spec: str | None = None, device: Any = "cpu", max_length: int = 77,
                  weights_sha256: str | None = None, name: str = "fine_tuned",
                  label_names: Sequence[str] | None = None, mixed_precision: str = "auto"):
@@ -116,22 +109,19 @@ class SearchEngine:
         self.weights_sha256, self.mixed_precision = weights_sha256, mixed_precision
         self._model = self._processor = self._transform = None
         self._lock = threading.Lock()  # a page may warm up in the background while a query arrives
-        self._study = rows["study_id"].astype(str).to_numpy(dtype=object)
-        self._report = rows["report"].astype(str).to_numpy(dtype=object)
-        self._path = rows["image_path"].astype(str).to_numpy(dtype=object)
-        self._split = (rows["split"].astype(str).to_numpy(dtype=object) if "split" in rows
-                       else np.full(len(rows), "", object))
-        self._row = rows["row"].to_numpy(np.int64) if "row" in rows else np.arange(len(rows))
-        present = [n for n in self.label_names if n in rows]
-        self._labels = np.full((len(rows), len(self.label_names)), _NA, dtype=np.int8)
+        self._study, self._report, self._path = (_texts(rows[name]) for name in ("study_id", "report", "image_path"))
+        n = len(self._study)
+        self._split = _texts(rows["split"]) if "split" in rows else np.full(n, "", object)
+        self._row = np.asarray(rows["row"], dtype=np.int64) if "row" in rows else np.arange(n)
+        self._labels = np.full((n, len(self.label_names)), _NA, dtype=np.int8)
         for j, label in enumerate(self.label_names):
-            if label in present:
-                self._labels[:, j] = rows[label].astype("Int8").fillna(_NA).to_numpy(np.int8)
-        self._group, self._group_first = dense_groups(rows["report_group"].to_numpy())
+            if label in rows:
+                self._labels[:, j] = _label_codes(rows[label])
+        self._group, self._group_first = dense_groups(np.asarray(rows["report_group"]))
         self._group_size = np.bincount(self._group)
-        if image_index.ntotal != len(rows) or text_index.ntotal != len(self._group_first):
+        if image_index.ntotal != n or text_index.ntotal != len(self._group_first):
             raise UserError(f"index/{name} does not match its corpus ({image_index.ntotal} images and "
-                            f"{text_index.ntotal} reports indexed, corpus has {len(rows)} and "
+                            f"{text_index.ntotal} reports indexed, corpus has {n} and "
                             f"{len(self._group_first)}) - {stages.hint('02', force=True)}")
 
     # --- construction ----------------------------------------------------------------------------------------
@@ -142,7 +132,7 @@ class SearchEngine:
         from medxpert_utils.core import config, runtime
         from medxpert_utils.models import clip
         from medxpert_utils.retrieval.index import load_index
-        from medxpert_utils.retrieval.store import CACHE_KEY_FILE, CORPUS_DIR, ROWS_FILE
+        from medxpert_utils.retrieval.store import CACHE_KEY_FILE, CORPUS_DIR, ROWS_FILE, read_columns
 
         if model not in ("fine_tuned", "zero_shot"):
             raise UserError(f"unknown model '{model}' - choose fine_tuned or zero_shot")
@@ -152,7 +142,7 @@ class SearchEngine:
         if not rows_file.is_file() or not (emb_dir / CACHE_KEY_FILE).is_file():
             raise stages.missing(f"run '{cfg.run_name}' has no {model} embeddings", "02", cfg.run_name)
         key = io.read_json(emb_dir / CACHE_KEY_FILE)
-        rows = pd.read_parquet(rows_file)
+        rows = read_columns(rows_file)
         return cls(rows, load_index(index_dir, emb_dir, "image"), load_index(index_dir, emb_dir, "text"),
                    model_spec=clip.model_specs(cfg)[model], device=runtime.get_device(cfg.device),
                    max_length=int(key.get("max_length", cfg.clip.max_length)),
@@ -202,20 +192,31 @@ class SearchEngine:
         return embed_texts(self._model, self._processor, list(texts), max_length=self.max_length,
                            mixed_precision=self.mixed_precision, progress=False)
 
-    def embed_image(self, image: Any) -> np.ndarray:
-        """L2-normalised embedding (1, dim) of one image (path, bytes, PIL or array); a list gives (n, dim)."""
+    def pixel_values(self, images: "Sequence[Image.Image]") -> "torch.Tensor":
+        """The CLIP input of grey images: (n, 3, H, W) float32 on the CPU, the evaluation transform's resize,
+        crop and normalisation (what :meth:`embed_pixels` and a heatmap of the same model take)."""
+        import torch
+
+        self._load_model()
+        return torch.stack([self._transform(img) for img in images])
+
+    def embed_pixels(self, pixels: "torch.Tensor") -> np.ndarray:
+        """L2-normalised embeddings (n, dim) of CLIP inputs from :meth:`pixel_values`."""
         import torch
 
         from medxpert_utils.core.runtime import autocast, autocast_dtype
         from medxpert_utils.models.clip import image_features
 
-        images = [to_image(img) for img in (image if isinstance(image, list) else [image])]  # bad files fail fast
         self._load_model()
-        pixels = torch.stack([self._transform(img) for img in images])
         device = next(self._model.parameters()).device
         with torch.inference_mode(), autocast(device, autocast_dtype(device, self.mixed_precision)):
             feats = image_features(self._model, pixels.to(device))
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+
+    def embed_image(self, image: Any) -> np.ndarray:
+        """L2-normalised embedding (1, dim) of one image (path, bytes, PIL or array); a list gives (n, dim)."""
+        images = [to_image(img) for img in (image if isinstance(image, list) else [image])]  # bad files fail fast
+        return self.embed_pixels(self.pixel_values(images))
 
     # --- searching -------------------------------------------------------------------------------------------
 
@@ -278,6 +279,24 @@ class SearchEngine:
         return out
 
 
+def _texts(values: "pd.Series | np.ndarray") -> np.ndarray:
+    """A text column as an object array of str (a missing value as "")."""
+    if isinstance(values, np.ndarray):
+        if values.dtype != object:  # numbers stored as text elsewhere (e.g. numeric study ids)
+            return values.astype(str).astype(object)
+        missing = np.equal(values, None)
+        return np.where(missing, "", values) if missing.any() else values
+    return values.fillna("").astype(str).to_numpy(dtype=object)
+
+
+def _label_codes(values: "pd.Series | np.ndarray") -> np.ndarray:
+    """A label column (1, 0, -1 or missing; integers or floats) as int8 codes, missing as ``_NA``."""
+    if not isinstance(values, np.ndarray):
+        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(values), _NA, values).astype(np.int8)
+
+
 def format_hits(hits: Sequence[Hit], width: int = 72) -> str:
     """Readable table: rank, score, study, positive labels, report snippet."""
     if not hits:
@@ -293,8 +312,10 @@ def format_hits(hits: Sequence[Hit], width: int = 72) -> str:
     return "\n".join(lines)
 
 
-def hits_frame(hits: Sequence[Hit]) -> pd.DataFrame:
+def hits_frame(hits: Sequence[Hit]) -> "pd.DataFrame":
     """Hits as a table for notebooks: rank, score, study, positive labels, report, image path."""
+    import pandas as pd
+
     return pd.DataFrame([{"rank": h.rank, "score": round(h.score, 4), "study_id": h.study_id,
                           "positive labels": ", ".join(n for n, v in h.labels.items() if v == 1),
                           "same report": h.n_same_report, "report": h.report, "image_path": h.image_path}
@@ -311,6 +332,8 @@ def export_csv(run: str | os.PathLike, split: str = "test", k: int = 10, model: 
     split's images. ``is_hit`` marks the query's own report group. Default path:
     ``<run>/exports/<split>_top<k>_<model>.csv``.
     """
+    import pandas as pd
+
     from medxpert_utils.core import config
     from medxpert_utils.retrieval.metrics import dense_groups, rank_queries
     from medxpert_utils.retrieval.store import load_embeddings

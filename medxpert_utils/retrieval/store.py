@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from medxpert_utils.core import io
 from medxpert_utils.core.errors import RunNotReadyError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas loads where tables are built or read whole; a query reads its rows with read_columns
+    import pandas as pd
+    import pyarrow as pa
+
     from medxpert_utils.core.config import Config
 
 CACHE_KEY_FILE = "cache_key.json"
@@ -64,6 +66,8 @@ def load_embeddings(folder: str | os.PathLike, corpus: bool = False, mmap: bool 
 
     Raises :class:`RunNotReadyError` naming notebook 02 when the folder is incomplete.
     """
+    import pandas as pd
+
     root = Path(folder)
     where = root / CORPUS_DIR if corpus else root
     needed = [where / "image.npy", where / "text.npy", where / IDS_FILE, where / ROWS_FILE, root / CACHE_KEY_FILE]
@@ -77,6 +81,36 @@ def load_embeddings(folder: str | os.PathLike, corpus: bool = False, mmap: bool 
     return Embeddings(path=where, image=np.load(where / "image.npy", mmap_mode=mode),
                       text=np.load(where / "text.npy", mmap_mode=mode), ids=pd.read_parquet(where / IDS_FILE),
                       rows=pd.read_parquet(where / ROWS_FILE), cache_key=io.read_json(root / CACHE_KEY_FILE))
+
+
+def read_columns(path: str | os.PathLike, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Columns of a parquet file (``rows.parquet``, ``ids.parquet``) as numpy arrays, without pandas: numbers in
+    their own type (float64 with NaN where a value is missing), anything else as an object array (text as str,
+    missing as None).
+
+    For a query's corpus rows: pyarrow's own ``to_numpy`` goes through its pandas bridge, which imports pandas
+    (a few tenths of a second of a cold ``medxpert search``), so numbers are read from the Arrow buffers.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path).read(columns=columns)  # not read_table: its dataset layer imports pandas
+    return {name: _to_numpy(table.column(name).combine_chunks()) for name in table.column_names}
+
+
+def _to_numpy(array: "pa.Array") -> np.ndarray:
+    import pyarrow as pa
+
+    kind = array.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) or len(array) == 0:
+        return np.array(array.to_pylist(), dtype=object)
+    letter = "float" if pa.types.is_floating(kind) else "uint" if pa.types.is_unsigned_integer(kind) else "int"
+    end = array.offset + len(array)
+    validity, data = array.buffers()[:2]
+    values = np.frombuffer(data, dtype=np.dtype(f"{letter}{kind.bit_width}"), count=end)[array.offset:]
+    if not array.null_count:
+        return values.copy()
+    present = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), count=end, bitorder="little")[array.offset:]
+    return np.where(present.astype(bool), values, np.nan)
 
 
 # --- cache key ----------------------------------------------------------------------------------------------
@@ -119,7 +153,7 @@ def weights_fingerprint(spec: str) -> str:
     return _hash_folder(folder) if folder is not None else f"unresolved:{spec}"
 
 
-def cache_key(cfg: "Config", model: str, spec: str, frame: pd.DataFrame) -> dict[str, Any]:
+def cache_key(cfg: "Config", model: str, spec: str, frame: "pd.DataFrame") -> dict[str, Any]:
     """Inputs that decide one model's embeddings, as one key (:func:`medxpert_utils.core.keys.digest`): the
     embedding stage's declared params and version, the manifest's content and the model's files.
 
@@ -150,7 +184,9 @@ def is_cached(folder: str | os.PathLike, key: dict[str, Any]) -> bool:
 
 # --- writing ------------------------------------------------------------------------------------------------
 
-def row_table(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+def row_table(frame: "pd.DataFrame", positions: np.ndarray) -> "pd.DataFrame":
+    import pandas as pd
+
     from medxpert_utils.data.labels import CHEXPERT_LABELS
     from medxpert_utils.data.manifest import report_groups
 
@@ -164,7 +200,7 @@ def row_table(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
     return rows
 
 
-def write_set(folder: Path, image: np.ndarray, text: np.ndarray, rows: pd.DataFrame) -> None:
+def write_set(folder: Path, image: np.ndarray, text: np.ndarray, rows: "pd.DataFrame") -> None:
     io.write_npy(folder / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
     io.write_npy(folder / "text.npy", np.ascontiguousarray(text, dtype=np.float32))
     io.write_parquet(folder / IDS_FILE, rows[["study_id", "report_group"]])

@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image
 
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.data.pixels import HIGH_DEPTH_MODES, to_grey
 
 
 def esc(value: Any) -> str:
@@ -21,13 +22,8 @@ def esc(value: Any) -> str:
 
 def png_bytes(image: Image.Image, max_side: int = 384) -> bytes:
     """PNG of ``image`` shrunk to ``max_side`` (16-bit and float modes scaled to 8 bit by their own range)."""
-    if image.mode.startswith(("I", "F")):  # a plain convert would clip 16-bit films to white
-        import numpy as np
-
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        image = Image.fromarray(arr.astype("uint8"), "L")
+    if image.mode in HIGH_DEPTH_MODES:  # a plain convert would clip 16-bit films to white
+        image = to_grey(image)
     image = image.copy() if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB")
     image.thumbnail((max_side, max_side))
     buffer = _io.BytesIO()

@@ -40,9 +40,13 @@ class FakeEngine:
         self.queries.append(("image", target, k))
         return [HITS[:k]]
 
-    def embed_image(self, image):  # the query check's embedding: the stub checker's reference vector, unless
-        self.queries.append(("embed", image.size))  # the image is black: then far from it (score 1 > 0.5)
-        if np.asarray(image).mean() < 10:
+    def pixel_values(self, images):  # the model input: the images' mean grey levels
+        self.queries.append(("pixels", images[0].size))
+        return np.array([float(np.asarray(image).mean()) for image in images], np.float32)
+
+    def embed_pixels(self, pixels):  # the query check's embedding: the stub checker's reference vector, unless
+        self.queries.append(("embed", len(pixels)))  # the image is black: then far from it (score 1 > 0.5)
+        if pixels[0] < 10:
             return np.array([[0.5, -0.5, 0.5, -0.5]], np.float32)
         return np.full((1, 4), 0.5, np.float32)
 
@@ -84,8 +88,8 @@ def test_image_query_with_question_prints_text(run_dir, engine, tmp_path, capsys
     out = capsys.readouterr().out
     assert out.startswith("!! " + DISCLAIMER) and "Query: query.png" in out and "Answer:" in out
     assert "Supporting studies: s1, s2" in out
-    # the query check and the search share one embedding of the image
-    assert [q[0] for q in engine.queries] == ["embed", "image"]
+    # the query check and the search share one preprocessing and one embedding of the image
+    assert [q[0] for q in engine.queries] == ["pixels", "embed", "image"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -23,6 +23,7 @@ from PIL import Image
 from medxpert_utils.app import dashboard
 from medxpert_utils.app.dashboard import inputs, server
 from medxpert_utils.app.dashboard import render as dashboard_render
+from medxpert_utils.assistant import QueryImage
 from medxpert_utils.core import config, runs
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.notices import DISCLAIMER
@@ -89,8 +90,9 @@ class FakeAssistant:
         if text is not None:
             far = "france" in text.lower()
             return QueryCheck(not far, float(far), 0.5, "words in no report" if far else "known words", "text")
-        gate = gate_reason(facts, 0.06)
-        far = float(np.asarray(image).mean() < 10)
+        query = QueryImage.of(image)  # the page hands over the upload's query image
+        gate = gate_reason(facts or query.facts, 0.06)
+        far = float(np.asarray(query.image).mean() < 10)
         return QueryCheck(gate is None and not far, far, 0.5, gate or ("unlike the training images" if far else "ok"))
 
     def similar_cases(self, *, image=None, text=None, k=5, model="fine_tuned"):
@@ -98,12 +100,12 @@ class FakeAssistant:
         return [FakeHit(rank, self.run_dir) for rank in range(1, k + 1)]
 
     def caption(self, image):
-        self.calls.append(("caption", image.size))
+        self.calls.append(("caption", QueryImage.of(image).size))
         return "right pleural effusion"
 
     def explain(self, image, text, model="fine_tuned", method=None):
         self.calls.append(("explain", text))
-        w, h = image.size
+        w, h = QueryImage.of(image).size
         ramp = np.linspace(0, 1, w, dtype=np.float32)  # a question's map is hottest at the right edge, a finding's
         return np.tile(ramp if text.endswith("?") else ramp[::-1], (h, 1))  # at the left
 
@@ -314,7 +316,7 @@ def test_upload_too_large_and_not_an_image(isolated_dirs):
     assert "a text file" in board.error.value
 
 
-def test_dicom_upload_is_shown_without_its_header(isolated_dirs):
+def test_dicom_upload_is_shown_without_its_header(isolated_dirs, monkeypatch):
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -333,8 +335,20 @@ def test_dicom_upload_is_shown_without_its_header(isolated_dirs):
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     board = _board(_fabricate_run(isolated_dirs))
+    reads, real_read = [], pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **kw: reads.append(1) or real_read(*a, **kw))
+    encodes, real_png = [], viz_html.png_bytes
+    monkeypatch.setattr(viz_html, "png_bytes", lambda image, max_side=384: encodes.append(max_side)
+                        or real_png(image, max_side))
+    board.query.value = "is there an effusion?"
     board.upload.value = _upload_value(buffer.getvalue(), "study.dcm")
     assert board.error.value == "" and board.image is not None
+    assert reads == [1]  # one parse for the picture, the check's facts, the search, caption, report and heatmaps
+    assert board.upload_query.facts.dicom and "Pleural Effusion" in board.report_view.value
+    board.heat_choice.value = "off"
+    board.search_button.click()  # asked again: the same query image, its display PNG kept
+    board.heat_choice.value = "off"
+    assert bytes(board.query_image.value) == board.upload_query.png() and encodes.count(384) == 1 and reads == [1]
     shown = np.asarray(Image.open(io.BytesIO(bytes(board.query_image.value))))
     assert shown[0, 0] > shown[0, -1]  # MONOCHROME1: low values shown bright
     page = "".join(w.value for w in (board.caption, board.gallery, board.report_view, board.status, board.downloads))

@@ -103,6 +103,33 @@ def test_sessions_count_every_kernel_but_the_waiting_pool():
     assert voila_app.sessions(no_pool) == 2
 
 
+def test_sessions_are_the_visitors_kernels_not_the_ones_the_pool_is_starting(monkeypatch):
+    """A refill's kernel is listed before its pool entry is done: it must not count against the cap."""
+    manager = voila_app.DashboardKernelManager()
+    started = iter(["pool-1", "visitor-1", "pool-2"])
+
+    async def parent_start(self, *args, **kwargs):
+        return next(started)
+
+    monkeypatch.setattr(voila_app.AsyncMappingKernelManager, "start_kernel", parent_start)
+    asyncio.run(manager.start_kernel(kernel_name="python3", env={"VOILA_PREHEAT": "True"}))
+    asyncio.run(manager.start_kernel(kernel_name="python3", env={"VOILA_PREHEAT": "False"}))  # no pool kernel left
+    asyncio.run(manager.start_kernel(kernel_name="python3", env={"VOILA_PREHEAT": "True"}))
+    running = ["pool-1", "visitor-1", "pool-2"]
+    monkeypatch.setattr(manager, "list_kernel_ids", lambda: list(running))
+    assert voila_app.sessions(manager) == 1
+
+    async def take(*args, **kwargs):  # Voilà handing its preheated pool-1 to a visitor
+        return "render-task", [], "pool-1"
+
+    manager.get_rendered_notebook = take
+    voila_app.track_handouts(manager)
+    assert asyncio.run(manager.get_rendered_notebook("06_dashboard.ipynb"))[2] == "pool-1"
+    assert voila_app.sessions(manager) == 2
+    running.remove("visitor-1")  # culled
+    assert voila_app.sessions(manager) == 1
+
+
 def test_busy_page_says_what_to_do():
     html = voila_app.busy_page(6)
     assert "MedXpert is busy" in html and "All 6 dashboard sessions are in use" in html

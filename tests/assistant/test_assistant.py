@@ -38,8 +38,11 @@ def report_run(tmp_path, monkeypatch):
     io.write_parquet(cfg.paths.manifest, manifest.validate(pd.DataFrame(rows)))
 
     class Engine:
-        def embed_image(self, image):  # the image's mean grey level stands for its embedding
-            return np.array([[float(np.asarray(image).mean())]], dtype=np.float32)
+        def pixel_values(self, images):  # the image's mean grey level stands for its model input and embedding
+            return np.array([[float(np.asarray(image).mean())] for image in images], dtype=np.float32)
+
+        def embed_pixels(self, pixels):
+            return pixels
 
         def search_vectors(self, vectors, k=5, target="reports"):  # the query itself comes first: leave-one-out
             return [self.search_image_mean(float(vectors[0][0]), k)]  # must drop it
@@ -91,8 +94,14 @@ class CountingEngine:
 
     search_image = search_text
 
-    def embed_image(self, image):
-        return np.full((1, 4), 0.5, np.float32)
+    def search_vectors(self, vectors, k=5, target="reports"):  # an image query, by its embedding
+        return [self.search_text("<image>", k)]
+
+    def pixel_values(self, images):
+        return np.zeros((len(images), 3, 2, 2), np.float32)
+
+    def embed_pixels(self, pixels):
+        return np.full((len(pixels), 4), 0.5, np.float32)
 
 
 @pytest.fixture

@@ -88,8 +88,8 @@ def voila_url(served_run, session_data_dir, tmp_path_factory):
     if not os.environ.get("MEDXPERT_DASHBOARD_TEST_RUN"):
         env["MEDXPERT_DATA"] = str(session_data_dir)
     with open(log, "wb") as handle:
-        process = subprocess.Popen(server.voila_command(port, DashboardParams(pool=1)), cwd=PROJECT_ROOT, env=env, stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(server.voila_command(port, DashboardParams(pool=1)), cwd=PROJECT_ROOT, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_for_port(port, process, log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -187,6 +188,44 @@ def test_calibrate_run_writes_ood_json_and_a_stale_file_is_redone(embedded_run):
     assert ood.read_calibration(cfg, "fine_tuned") is None  # the Mahalanobis params no longer match the file
     assert ood.describe(ood.read_calibration(other, "fine_tuned"))["method"] == "knn"
     assert ood.QueryChecker.from_run(other, "fine_tuned").score(image[:1])[0] < 0.5  # a training image: near
+
+
+def test_a_query_reads_the_saved_reference_and_an_older_run_gets_it_once(embedded_run, monkeypatch):
+    """Calibration saves what a query's check reads (ood.npz: training rows, Gaussian, vocabulary) beside ood.json;
+    a query then reads no corpus table and fits nothing, and a run calibrated before it was saved gets it once."""
+    from medxpert_utils.retrieval import store
+
+    cfg, image = embedded_run
+    fitted = ood.QueryChecker.from_run(cfg, "fine_tuned")  # calibrates: ood.json and ood.npz
+    assert ood.reference_file(cfg).is_file()
+    fits, tables = [], []
+    real_fit, real_load = ood.Gaussian.fit.__func__, store.load_embeddings
+    monkeypatch.setattr(ood.Gaussian, "fit", classmethod(lambda cls, bank: fits.append(1) or real_fit(cls, bank)))
+    monkeypatch.setattr(store, "load_embeddings", lambda *a, **kw: tables.append(1) or real_load(*a, **kw))
+    checker = ood.QueryChecker.from_run(cfg, "fine_tuned")
+    assert fits == [] and tables == []
+    assert np.array_equal(checker.score(image), fitted.score(image)) and np.array_equal(checker.bank, fitted.bank)
+    assert checker.vocabulary == fitted.vocabulary >= {"pleural", "effusion"}
+    ood.reference_file(cfg).unlink()  # as calibrated before the reference was saved
+    older = ood.QueryChecker.from_run(cfg, "fine_tuned")
+    assert fits == [1] and tables == [1] and ood.reference_file(cfg).is_file()
+    assert np.allclose(older.score(image), fitted.score(image)) and older.vocabulary == fitted.vocabulary
+    ood.QueryChecker.from_run(cfg, "fine_tuned")
+    assert fits == [1] and tables == [1]
+    knn = config.load("params/smoke.yaml", run=str(cfg.run_dir), overrides={"query_check.method": "knn"})
+    calibration = ood.calibrate_run(knn, "fine_tuned")  # rewrites both files
+    saved = ood.reference_file(cfg)
+    assert ood.Reference.load(saved, calibration).gaussian is None  # knn needs no Gaussian ...
+    assert ood.Reference.load(saved, dataclasses.replace(calibration, method="mahalanobis")) is None  # ... this does
+    assert ood.Reference.load(saved, dataclasses.replace(calibration, embeddings_key="other")) is None  # re-embedded
+
+
+def test_the_stop_words_are_scikit_learns():
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from medxpert_utils.retrieval.stop_words import ENGLISH_STOP_WORDS as copied
+
+    assert copied == ENGLISH_STOP_WORDS
 
 
 def test_a_run_without_embeddings_names_notebook_02(tmp_path):

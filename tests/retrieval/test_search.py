@@ -58,6 +58,25 @@ def test_to_image_accepts_path_bytes_pil_and_arrays(tmp_path):
         search.to_image(b"not an image")
 
 
+def test_read_columns_gives_what_pandas_reads(tmp_path):
+    """The corpus rows a query reads without pandas: numbers (nulls as NaN), text (nulls as None), several row
+    groups; and the engine built from them gives the hits a DataFrame gives."""
+    frame = pd.DataFrame({"row": np.arange(5, dtype=np.int64), "small": np.array([1, 2, 3, 4, 250], np.uint8),
+                          "score": np.array([0.5, np.nan, 1.5, 2.0, -1.0], np.float32),
+                          "label": pd.array([1, None, 0, -1, None], dtype="Int8"),
+                          "text": ["a", None, "c", "d", "é"]})
+    path = tmp_path / "rows.parquet"
+    frame.to_parquet(path, row_group_size=2)
+    columns = store.read_columns(path)
+    assert list(columns) == list(frame.columns)
+    assert columns["row"].dtype == np.int64 and columns["row"].tolist() == [0, 1, 2, 3, 4]
+    assert columns["small"].dtype == np.uint8 and columns["small"].tolist() == [1, 2, 3, 4, 250]
+    assert np.array_equal(columns["score"], frame["score"].to_numpy(), equal_nan=True)
+    assert np.array_equal(columns["label"], [1, np.nan, 0, -1, np.nan], equal_nan=True)
+    assert columns["text"].tolist() == ["a", None, "c", "d", "é"]
+    assert list(store.read_columns(path, ["text"])) == ["text"]
+
+
 def test_hit_to_dict_and_format():
     labels = {"No Finding": 1, "Edema": None, "Cardiomegaly": -1}
     hit = search.Hit(1, np.float32(0.5), "s1", "Normal chest.", "/x.png", labels, row=3, report_group=0,
@@ -90,6 +109,20 @@ def test_text_search_returns_ranked_hits_matching_brute_force(run, engine):
         assert d["report"] == corpus.rows.loc[hit.row, "report"] and d["image_path"].endswith(".png")
     engine.search_text("edema", 2)
     assert engine._model is model  # loaded once
+
+
+@pytest.mark.slow
+def test_an_engine_from_a_dataframe_gives_the_same_hits(run, engine):
+    from medxpert_utils.retrieval.store import CORPUS_DIR, ROWS_FILE
+
+    rows = pd.read_parquet(run.paths.embeddings("fine_tuned") / CORPUS_DIR / ROWS_FILE)
+    same = search.SearchEngine(rows, engine.image_index, engine.text_index, model_spec=engine.model_spec,
+                               max_length=engine.max_length)
+    vectors = engine.embed_text(["small left pleural effusion", "mild pulmonary edema"])
+    for target in search.TARGETS:
+        ours, theirs = engine.search_vectors(vectors, 6, target), same.search_vectors(vectors, 6, target)
+        assert [[h.to_dict(extra=True) for h in q] for q in ours] == \
+            [[h.to_dict(extra=True) for h in q] for q in theirs]
 
 
 @pytest.mark.slow

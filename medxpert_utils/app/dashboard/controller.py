@@ -29,10 +29,10 @@ import ipywidgets as widgets
 from PIL import Image
 
 from medxpert_utils.app.dashboard.inputs import (
-    decode_upload,
     display_run,
     gemini_available,
     pick_run,
+    query_image,
     read_upload,
     run_options,
     run_problem,
@@ -60,10 +60,9 @@ from medxpert_utils.app.dashboard.widgets import (
     status_line,
     upload_button,
 )
-from medxpert_utils.assistant import Assistant
+from medxpert_utils.assistant import Assistant, QueryImage
 from medxpert_utils.core import config, io
 from medxpert_utils.core.errors import UserError
-from medxpert_utils.data.images import ImageFacts, image_facts
 from medxpert_utils.viz.html import esc, png_bytes
 
 MAX_QUERY_CHARS = 2000
@@ -79,8 +78,7 @@ class Dashboard:
         self.environ = os.environ if environ is None else environ
         self.assistant: Any = None
         self.run_dir: Path | None = None
-        self.image: Image.Image | None = None
-        self.facts: ImageFacts | None = None  # colour and DICOM Modality/body part/view of the upload, for the check
+        self.upload_query: QueryImage | None = None  # the uploaded image, decoded once (pixels, facts, its PNG)
         self.check: Any = None
         self.hits: list = []
         self.report: Any = None
@@ -160,6 +158,11 @@ class Dashboard:
         if pick_error:
             self.run_message.value = f'<span class="mx-error">{esc(pick_error)}</span>'
 
+    @property
+    def image(self) -> Image.Image | None:
+        """The uploaded image's grey pixels (None without an upload)."""
+        return self.upload_query.image if self.upload_query is not None else None
+
     # run selection
     def set_run(self, run_dir: Path | None) -> None:
         """Switch to ``run_dir``: a new assistant, params, and a message instead of controls when it is not ready."""
@@ -219,26 +222,25 @@ class Dashboard:
             self._guard(lambda: self.load_upload(change["new"]))
 
     def load_upload(self, value: Sequence[dict] | dict) -> None:
-        """Validate and decode an upload, show it, then search, caption and report on it."""
+        """Validate and decode an upload (once: pixels and facts), show it, then search, caption and report on it."""
         self._set_error("")
         try:
             upload = read_upload(value, self.max_upload_mb)
-            image = decode_upload(upload, self.max_upload_mb) if upload else None
-            facts = image_facts(upload.content, name=upload.name) if upload else None
+            query = query_image(upload, self.max_upload_mb) if upload else None
         except UserError as exc:
-            self.image = self.facts = None
+            self.upload_query = None
             self._clear_results(keep_image=False)
             self._set_error(str(exc))
             return
         finally:
             self.upload.value = ()  # the widget keeps no copy of the file; re-uploading the same file works
-        if image is None:
+        if query is None:
             return
-        self.image, self.facts = image, facts
-        self.query_image.value = png_bytes(image)
+        self.upload_query = query
+        self.query_image.value = query.png()
         self.image_section.layout.display = ""
         if self.save_uploads and self.run_dir is not None:
-            png = png_bytes(image, max(image.size))  # pixels only: no DICOM header, no file name
+            png = query.png(max(query.size))  # pixels only: no DICOM header, no file name
             io.write_bytes(self.run_dir / "uploads" / f"{hashlib.sha256(png).hexdigest()[:16]}.png", png)
         self.analyse()
 
@@ -298,7 +300,7 @@ class Dashboard:
 
     def clear_image(self) -> None:
         """Forget the uploaded image and its results; the next search uses the text."""
-        self.image = self.facts = None
+        self.upload_query = None
         self._clear_results(keep_image=False)
         self._set_error("")
 
@@ -309,15 +311,15 @@ class Dashboard:
         if self.assistant is None:
             self._set_error(run_problem(self.run_dir, self.model.value) or "No run selected.")
             return
-        if self.image is None and not text:
+        if self.upload_query is None and not text:
             self._set_error("Empty query: type a question or description, or upload a chest X-ray.")
             return
         if len(text) > MAX_QUERY_CHARS:
             self._set_error(f"The query is {len(text)} characters long; keep it under {MAX_QUERY_CHARS}.")
             return
         self._set_error("")
-        self._clear_results(keep_image=self.image is not None)
-        image, model, k = self.image, self.model.value, int(self.k.value)
+        self._clear_results(keep_image=self.upload_query is not None)
+        image, model, k = self.upload_query, self.model.value, int(self.k.value)
         generator = "gemini" if (self.gemini.value and not self.gemini.disabled) else "offline"
         steps = ["Checking the query", "Searching", *(["Captioning"] if image is not None else []),
                  "Writing the report", *(["Locating findings"] if image is not None else [])]
@@ -326,7 +328,7 @@ class Dashboard:
         try:
             t0 = time.perf_counter()
             self._step("Checking the query")
-            self.check = check = (self.assistant.check_query(image=image, facts=self.facts, model=model)
+            self.check = check = (self.assistant.check_query(image=image, model=model)
                                   if image is not None else self.assistant.check_query(text=text, model=model))
             self.timings["check"] = time.perf_counter() - t0
             t_search = time.perf_counter()
@@ -375,7 +377,7 @@ class Dashboard:
             self._busy(False)
             self.status.value = done  # empty when a step failed: its message is on the error line
 
-    def locate(self, image: Image.Image, text: str, report: Any, model: str) -> None:
+    def locate(self, image: QueryImage, text: str, report: Any, model: str) -> None:
         """Heatmaps over the query image for the typed text and each finding of the report (one toggle each):
         the typed text's is computed and shown at once, a finding's when its toggle is first chosen."""
         maps: dict[str, Any] = {}
@@ -402,26 +404,27 @@ class Dashboard:
         from medxpert_utils.retrieval.explain import normalise
         from medxpert_utils.viz.plots import heatmap_overlay
 
-        if self.image is None:
+        query = self.upload_query
+        if query is None:
             return
         if choice != HEAT_OFF and choice not in self.heatmaps and choice in self.heat_choice.options:
             try:
-                self.heatmaps[choice] = self.assistant.explain(self.image, choice, model=self.heat_model)
+                self.heatmaps[choice] = self.assistant.explain(query, choice, model=self.heat_model)
             except UserError as exc:
-                self.query_image.value = png_bytes(self.image)
+                self.query_image.value = query.png()
                 self.heat_note.value = f'<p class="mx-note">No heatmap: {esc(exc)}</p>'
                 return
         heat = self.heatmaps.get(choice)
         if heat is None:
-            self.query_image.value = png_bytes(self.image)
+            self.query_image.value = query.png()
             self.heat_note.value = ""
             return
-        self.query_image.value = png_bytes(Image.fromarray(heatmap_overlay(self.image, normalise(heat))))
+        self.query_image.value = png_bytes(Image.fromarray(heatmap_overlay(query.image, normalise(heat))))
         self.heat_note.value = (f'<p class="mx-note mx-heat">Heatmap: where the model matches '
                                 f'<b>{esc(choice.removeprefix(HEAT_QUERY))}</b> (red: most similar). '
                                 'Research only, not a finding.</p>')
 
-    def _make_report(self, hits: list, image: Image.Image | None, text: str, k: int, generator: str, model: str,
+    def _make_report(self, hits: list, image: QueryImage | None, text: str, k: int, generator: str, model: str,
                      caption: str | None) -> Any:
         # With an image the text is a question about it; a text query is also a question when it ends with '?'.
         question = (text or None) if image is not None else (text if text.endswith("?") else None)
@@ -485,8 +488,8 @@ class Dashboard:
         self.heatmaps = {}
         self.heat_choice.options = [HEAT_OFF]
         self.heat_choice.layout.display = "none"
-        if keep_image and self.image is not None:
-            self.query_image.value = png_bytes(self.image)
+        if keep_image and self.upload_query is not None:
+            self.query_image.value = self.upload_query.png()
         self.report_section.layout.display = self.gallery_section.layout.display = "none"
         if not keep_image:
             self.image_section.layout.display = "none"

@@ -1,5 +1,5 @@
 """What the dashboard takes in: which run to show (argument, URL, environment or the newest), whether it
-is ready, uploaded files (size-checked, decoded like any query image) and whether a Gemini key is set."""
+is ready, uploaded files (size-checked, decoded once into a query image) and whether a Gemini key is set."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from PIL import Image
-
+from medxpert_utils.assistant import QueryImage
 from medxpert_utils.core import keys, runs, stages
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import outputs_dir, resolve_run_dir
-from medxpert_utils.data.images import load_image
 
 KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -111,9 +109,10 @@ def read_upload(value: Sequence[dict] | dict, max_mb: float) -> Upload | None:
     return Upload(name, content)
 
 
-def decode_upload(upload: Upload, max_mb: float) -> Image.Image:
-    """Decode an upload to a grayscale PIL image (DICOM windowed, pixel data only); ImageLoadError if unreadable."""
-    return load_image(upload.content, name=upload.name, max_bytes=int(max_mb * 1024 * 1024))
+def query_image(upload: Upload, max_mb: float) -> QueryImage:
+    """An upload as the query image, decoded once: grey pixels (DICOM windowed, pixel data only) and the facts
+    the query check reads; ImageLoadError (one line) if unreadable."""
+    return QueryImage.of(upload.content, name=upload.name, max_bytes=int(max_mb * 1024 * 1024))
 
 
 def gemini_available(environ: Mapping[str, str] | None = None) -> bool:

@@ -30,6 +30,7 @@ from voila.tornado.handler import TornadoVoilaHandler
 from medxpert_utils.core.notices import DISCLAIMER
 
 BUSY_RETRY_S = 30
+PREHEAT_ENV = "VOILA_PREHEAT"  # "True" in the environment of the kernels Voilà starts for its pool
 
 
 class DashboardKernelManager(AsyncMappingKernelManager):
@@ -48,6 +49,13 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         super().__init__(**kwargs)
         self._closed_at: dict[str, datetime] = {}
         self._unclaimed_since: dict[str, datetime] = {}
+        self.visitor_kernels: set[str] = set()  # started for a visitor, or handed to one from the pool
+
+    async def start_kernel(self, *args: Any, **kwargs: Any) -> str:
+        kernel_id = await super().start_kernel(*args, **kwargs)
+        if (kwargs.get("env") or {}).get(PREHEAT_ENV) != "True":  # not one started for the pool
+            self.visitor_kernels.add(kernel_id)
+        return kernel_id
 
     def notify_connect(self, kernel_id: str) -> None:
         super().notify_connect(kernel_id)
@@ -62,6 +70,7 @@ class DashboardKernelManager(AsyncMappingKernelManager):
     def _forget(self, kernel_id: str) -> None:
         self._closed_at.pop(kernel_id, None)
         self._unclaimed_since.pop(kernel_id, None)
+        self.visitor_kernels.discard(kernel_id)
 
     async def cull_kernel_if_idle(self, kernel_id: str) -> None:
         kernel = self._kernels.get(kernel_id)
@@ -94,8 +103,25 @@ def pooled_kernels(kernel_manager: Any) -> set[str]:
 
 
 def sessions(kernel_manager: Any) -> int:
-    """Kernels that belong to a visitor: all running kernels but those waiting in the pool."""
-    return len(set(kernel_manager.list_kernel_ids()) - pooled_kernels(kernel_manager))
+    """Running kernels that belong to a visitor: started for one, or handed to one from the pool. Kernels the pool
+    is still starting count as neither (they are in the kernel list before their pool entry is done)."""
+    visitors = getattr(kernel_manager, "visitor_kernels", None)
+    running = set(kernel_manager.list_kernel_ids())
+    if visitors is None:  # a plain kernel manager: every kernel outside the pool
+        return len(running - pooled_kernels(kernel_manager))
+    return len(running & visitors)
+
+
+def track_handouts(kernel_manager: Any) -> None:
+    """Record each kernel Voilà hands from its pool to a visitor in ``kernel_manager.visitor_kernels``."""
+    take = kernel_manager.get_rendered_notebook
+
+    async def get_rendered_notebook(*args: Any, **kwargs: Any) -> Any:
+        render_task, rendered_cache, kernel_id = await take(*args, **kwargs)
+        kernel_manager.visitor_kernels.add(kernel_id)
+        return render_task, rendered_cache, kernel_id
+
+    kernel_manager.get_rendered_notebook = get_rendered_notebook
 
 
 def busy_page(limit: int) -> str:
@@ -136,6 +162,8 @@ class DashboardVoila(Voila):
     def init_settings(self) -> dict:
         settings = super().init_settings()
         settings["medxpert_max_sessions"] = self.max_sessions
+        if hasattr(self.kernel_manager, "visitor_kernels") and hasattr(self.kernel_manager, "get_rendered_notebook"):
+            track_handouts(self.kernel_manager)
         return settings
 
     def init_handlers(self) -> list:
