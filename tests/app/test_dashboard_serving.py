@@ -236,3 +236,18 @@ def test_pooled_kernel_with_no_ready_run_preheats_nothing(isolated_dirs, monkeyp
     monkeypatch.setenv("VOILA_PREHEAT", "True")
     monkeypatch.setenv("MEDXPERT_RUN", str(isolated_dirs / "partial"))
     assert page_module.preheat() is None
+
+
+def test_a_full_room_reclaims_the_kernels_of_closed_pages_at_once(monkeypatch):
+    """Visitors one after another: a closed page's kernel gives its place to the next visitor without waiting for
+    the idle timeout; an open page's kernel, or one still answering, keeps it."""
+    manager, shut, _ = _manager(monkeypatch)
+    for kernel_id, state in (("k2", "idle"), ("k3", "busy")):
+        manager._kernels[kernel_id] = SimpleNamespace(last_activity=utcnow(), execution_state=state)
+        manager._kernel_connections[kernel_id] = 0
+    for kernel_id in ("k1", "k2", "k3"):
+        manager.notify_connect(kernel_id)
+    manager.notify_disconnect("k1")  # closed a second ago
+    manager.notify_disconnect("k3")  # closed, but its query still runs
+    assert asyncio.run(manager.reclaim_closed()) == 1
+    assert shut == ["k1"]

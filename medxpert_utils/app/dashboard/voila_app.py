@@ -12,7 +12,8 @@ medxpert_utils.app.dashboard.voila_app`` takes Voilà's options; :mod:`.server` 
   after ``cull_disconnected_timeout`` seconds without activity, and any kernel, page open or not, after
   Jupyter's ``cull_idle_timeout``. Pooled kernels are never culled (Voilà's pool protects them).
 - **A cap.** :class:`DashboardVoila` answers the page with ``503`` and a "busy, try again shortly" page
-  while ``max_sessions`` visitors hold a kernel, instead of starting more kernels than the machine holds.
+  while ``max_sessions`` visitors hold a kernel, instead of starting more kernels than the machine holds. When the
+  cap is reached, kernels whose page has already closed are shut down at once to make room.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         self._closed_at.pop(kernel_id, None)
         self._unclaimed_since.pop(kernel_id, None)
         self.visitor_kernels.discard(kernel_id)
+
+    async def reclaim_closed(self) -> int:
+        """Shut down now, whatever their idle time, the visitors' kernels whose page has closed (and that are not
+        working on a query); returns how many. A visitor who finds every session taken gets the room they held."""
+        closed = [k for k in list(self._closed_at) if k in self._kernels and not self._kernel_connections.get(k)
+                  and self._kernels[k].execution_state != "busy"]
+        for kernel_id in closed:
+            self.log.info("Culling kernel %s: its page has closed and a new visitor needs the room", kernel_id)
+            self._forget(kernel_id)
+            await self.shutdown_kernel(kernel_id)
+        return len(closed)
 
     async def cull_kernel_if_idle(self, kernel_id: str) -> None:
         kernel = self._kernels.get(kernel_id)
@@ -143,7 +155,10 @@ class CappedVoilaHandler(TornadoVoilaHandler):
 
     async def get(self, path: str | None = None) -> None:
         limit = int(self.settings.get("medxpert_max_sessions") or 0)
-        if limit and not path and sessions(self.kernel_manager) >= limit:
+        full = bool(limit) and not path and sessions(self.kernel_manager) >= limit
+        if full and hasattr(self.kernel_manager, "reclaim_closed") and await self.kernel_manager.reclaim_closed():
+            full = sessions(self.kernel_manager) >= limit
+        if full:
             self.set_status(503)
             self.set_header("Retry-After", str(BUSY_RETRY_S))
             self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
