@@ -92,7 +92,9 @@ def main() -> int:
         image_s = [i["answer_s"] for i in alone["images"]]
         print(f"one visitor: ready {alone['ready_s']:.2f} s, text {alone['text_s']:.2f} s, image uploads "
               f"{', '.join(f'{s:.2f}' for s in image_s)} s")
-        server.wait_idle_kernels(board.pool, timeout=300) if board.pool else None  # culled, pool refilled
+        # its kernel culled (idle_timeout_s after the page closed, checked every cull interval) and the pool refilled
+        time.sleep(max(board.idle_timeout_s + min(30.0, board.idle_timeout_s / 4), board.refill_delay_s) + 5)
+        server.wait_idle_kernels(board.pool, timeout=300) if board.pool else None
         baseline = load.memory(server)
         result["baseline_before_crowd"] = baseline.to_dict()
 
