@@ -52,7 +52,7 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         self._unclaimed_since: dict[str, datetime] = {}
         self.visitor_kernels: set[str] = set()  # started for a visitor, or handed to one from the pool
 
-    async def start_kernel(self, *args: Any, **kwargs: Any) -> str:
+    async def start_kernel(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]  # async, as its parent
         kernel_id = await super().start_kernel(*args, **kwargs)
         if (kwargs.get("env") or {}).get(PREHEAT_ENV) != "True":  # not one started for the pool
             self.visitor_kernels.add(kernel_id)
