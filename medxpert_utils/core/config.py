@@ -288,7 +288,7 @@ class DashboardParams(_Section):
     open_idle_timeout_s: float = Field(1800.0, gt=0, description="A kernel whose page is open but unused is shut "
                                                                  "down after this many seconds (reload for a new "
                                                                  "one).")
-    refill_delay_s: float = Field(15.0, ge=0, description="Seconds before the pool starts a kernel in place of one "
+    refill_delay_s: float = Field(30.0, ge=0, description="Seconds before the pool starts a kernel in place of one "
                                                           "a visitor took: the refill then does not compete for the "
                                                           "CPU with the visitors who just arrived, but a visitor who "
                                                           "finds the pool empty waits for it (this delay plus "

@@ -37,6 +37,7 @@ def test_voila_command_sets_pool_culling_and_cap():
     assert _flag(cmd, "DashboardKernelManager.cull_idle_timeout") == "900"
     assert int(_flag(cmd, "DashboardKernelManager.cull_interval")) <= 10  # checks often enough for a 40 s timeout
     assert _flag(cmd, "DashboardVoila.max_sessions") == "5"
+    assert int(_flag(cmd, "VoilaExecutor.iopub_timeout")) >= 30  # a loaded machine delivers a page's widgets late
     assert _flag(cmd, "VoilaConfiguration.multi_kernel_manager_class").endswith("voila_app.DashboardKernelManager")
 
 

@@ -21,6 +21,7 @@ from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import PROJECT_ROOT, resolve_run_dir
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "06_dashboard.ipynb"
+IOPUB_TIMEOUT_S = 60
 
 
 def free_port(start: int = 8866, host: str = "127.0.0.1") -> int:
@@ -58,6 +59,9 @@ def voila_command(port: int, board: DashboardParams | None = None, notebook: Pat
     cmd = [sys.executable, "-m", "medxpert_utils.app.dashboard.voila_app", "--no-browser", f"--port={port}",
            "--Voila.ip=127.0.0.1", "--VoilaConfiguration.show_tracebacks=False",
            "--VoilaConfiguration.strip_sources=True",
+           # A page's widgets arrive on IOPub after its cell's reply; on a loaded machine (a room arriving at once
+           # while the pool refills) that takes longer than nbclient's 4 s, and a page that misses them stays empty.
+           f"--VoilaExecutor.iopub_timeout={IOPUB_TIMEOUT_S}",
            f"--VoilaConfiguration.multi_kernel_manager_class=medxpert_utils.app.dashboard.voila_app.{manager}",
            # Culling: a closed page's kernel after idle_timeout_s, an open but unused one after open_idle_timeout_s.
            f"--{manager}.cull_disconnected_timeout={board.idle_timeout_s:g}",
