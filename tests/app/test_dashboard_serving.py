@@ -55,7 +55,7 @@ def test_serving_params_come_from_the_run_then_the_overrides(isolated_dirs):
 
 @pytest.mark.parametrize("item, expected", [
     ("train.lr=1", "dashboard.KEY=VALUE"), ("dashboard.nope=1", "dashboard.KEY=VALUE"),
-    ("dashboard.pool=-1", "pool"), ("dashboard.pool", "dashboard.KEY=VALUE")])
+    ("dashboard.pool=-1", "pool"), ("dashboard.pool", "KEY=VALUE")])
 def test_serving_overrides_are_checked(item, expected):
     with pytest.raises(UserError, match=expected):
         server.serving_params(None, [item])
@@ -148,13 +148,13 @@ def _manager(monkeypatch, state: str = "idle", timeout: float = 60.0):
     shut: list[str] = []
     passed: list[str] = []
 
-    async def shutdown_kernel(kernel_id, *args, **kwargs):
+    async def parent_shutdown(self, kernel_id, *args, **kwargs):
         shut.append(kernel_id)
 
     async def parent_cull(self, kernel_id):
         passed.append(kernel_id)
 
-    manager.shutdown_kernel = shutdown_kernel
+    monkeypatch.setattr(voila_app.AsyncMappingKernelManager, "shutdown_kernel", parent_shutdown)
     monkeypatch.setattr(voila_app.AsyncMappingKernelManager, "cull_kernel_if_idle", parent_cull)
     return manager, shut, passed
 

@@ -16,7 +16,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -259,22 +260,29 @@ async def ask_image(page, name: str, content: bytes, timeout_s: float) -> tuple[
     return elapsed, await page.locator(".mx-done").first.inner_text()
 
 
-async def _single(url: str, images: Sequence[tuple[str, bytes]], timeout_s: float) -> dict:
+@asynccontextmanager
+async def _chromium() -> AsyncIterator:
+    """Headless system Chromium with the project's flags (never a downloaded browser)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 1400})
-            result = Visit(0, QUERIES[0])
-            page = await open_page(context, url, timeout_s, result)
-            text_s, _ = await ask(page, QUERIES[0], timeout_s)
-            uploads = [await ask_image(page, name, content, timeout_s) for name, content in images]
-            await context.close()
-            return {"ready_s": result.ready_s, "text_s": text_s, "images": [
-                {"name": name, "answer_s": secs, "timings": line} for (name, _), (secs, line) in zip(images, uploads)]}
+            yield browser
         finally:
             await browser.close()
+
+
+async def _single(url: str, images: Sequence[tuple[str, bytes]], timeout_s: float) -> dict:
+    async with _chromium() as browser:
+        context = await browser.new_context(viewport={"width": 1280, "height": 1400})
+        result = Visit(0, QUERIES[0])
+        page = await open_page(context, url, timeout_s, result)
+        text_s, _ = await ask(page, QUERIES[0], timeout_s)
+        uploads = [await ask_image(page, name, content, timeout_s) for name, content in images]
+        await context.close()
+    return {"ready_s": result.ready_s, "text_s": text_s, "images": [
+        {"name": name, "answer_s": secs, "timings": line} for (name, _), (secs, line) in zip(images, uploads)]}
 
 
 def single(url: str, images: Sequence[tuple[str, bytes]], timeout_s: float = 120.0) -> dict:
@@ -299,23 +307,16 @@ async def visit(browser, url: str, user: int, query: str, timeout_s: float, clos
 
 
 async def _crowd(url: str, users: int, timeout_s: float, extra: int) -> tuple[list[Visit], list[Visit]]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            outcomes = await asyncio.gather(*[visit(browser, url, i, QUERIES[i % len(QUERIES)], timeout_s, close=False)
-                                              for i in range(users)])
-            visits = [v for v, _ in outcomes]
-            late = []
-            for j in range(extra):  # while the crowd still holds its pages
-                late.append((await visit(browser, url, users + j, QUERIES[0], timeout_s))[0])
-            for _, context in outcomes:
-                if context is not None:
-                    await context.close()
-            return visits, late
-        finally:
-            await browser.close()
+    async with _chromium() as browser:
+        outcomes = await asyncio.gather(*[visit(browser, url, i, QUERIES[i % len(QUERIES)], timeout_s, close=False)
+                                          for i in range(users)])
+        late = []
+        for j in range(extra):  # while the crowd still holds its pages
+            late.append((await visit(browser, url, users + j, QUERIES[0], timeout_s))[0])
+        for _, context in outcomes:
+            if context is not None:
+                await context.close()
+    return [v for v, _ in outcomes], late
 
 
 def crowd(url: str, users: int, timeout_s: float = 120.0, extra: int = 0) -> tuple[list[Visit], list[Visit]]:
@@ -325,14 +326,8 @@ def crowd(url: str, users: int, timeout_s: float = 120.0, extra: int = 0) -> tup
 
 
 async def _one_by_one(url: str, users: int, timeout_s: float) -> list[Visit]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            return [(await visit(browser, url, i, QUERIES[i % len(QUERIES)], timeout_s))[0] for i in range(users)]
-        finally:
-            await browser.close()
+    async with _chromium() as browser:
+        return [(await visit(browser, url, i, QUERIES[i % len(QUERIES)], timeout_s))[0] for i in range(users)]
 
 
 def one_by_one(url: str, users: int, timeout_s: float = 120.0) -> list[Visit]:

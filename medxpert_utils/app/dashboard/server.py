@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from medxpert_utils.app.dashboard.inputs import pick_run, run_problem
@@ -19,6 +18,7 @@ from medxpert_utils.core import config
 from medxpert_utils.core.config import DashboardParams
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import PROJECT_ROOT, resolve_run_dir
+from medxpert_utils.core.stage import parse_overrides
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "06_dashboard.ipynb"
 IOPUB_TIMEOUT_S = 60
@@ -36,17 +36,15 @@ def free_port(start: int = 8866, host: str = "127.0.0.1") -> int:
 def serving_params(run_dir: Path | None, overrides: Sequence[str] = ()) -> DashboardParams:
     """The serving settings: ``dashboard`` in the params of the run the page shows by default (defaults when
     there is none), then ``--set dashboard.KEY=VALUE`` overrides (which change nothing in the run)."""
+    values = parse_overrides(list(overrides))
+    fields = list(DashboardParams.model_fields)
+    for key in values:
+        if key.removeprefix("dashboard.") not in fields or not key.startswith("dashboard."):
+            raise UserError(f"--set {key}: the dashboard takes dashboard.KEY=VALUE with KEY one of {', '.join(fields)}")
     board = config.from_run(run_dir).params.dashboard if run_dir is not None else DashboardParams()
-    values = board.model_dump()
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        field = key.strip().removeprefix("dashboard.")
-        if not sep or not key.strip().startswith("dashboard.") or field not in values:
-            raise UserError(f"--set {item}: the dashboard takes dashboard.KEY=VALUE with KEY one of "
-                            f"{', '.join(values)}")
-        values[field] = yaml.safe_load(raw)
     try:
-        return DashboardParams(**values)
+        return board.model_validate({**board.model_dump(), **{k.removeprefix("dashboard."): v
+                                                                for k, v in values.items()}})
     except ValidationError as exc:
         raise UserError(f"--set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
 

@@ -27,11 +27,11 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from traitlets import Float, Integer
 from voila.app import Voila
 from voila.tornado.handler import TornadoVoilaHandler
+from voila.utils import ENV_VARIABLE
 
 from medxpert_utils.core.notices import DISCLAIMER
 
 BUSY_RETRY_S = 30
-PREHEAT_ENV = "VOILA_PREHEAT"  # "True" in the environment of the kernels Voilà starts for its pool
 
 
 class DashboardKernelManager(AsyncMappingKernelManager):
@@ -54,7 +54,7 @@ class DashboardKernelManager(AsyncMappingKernelManager):
 
     async def start_kernel(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]  # async, as its parent
         kernel_id = await super().start_kernel(*args, **kwargs)
-        if (kwargs.get("env") or {}).get(PREHEAT_ENV) != "True":  # not one started for the pool
+        if (kwargs.get("env") or {}).get(ENV_VARIABLE.VOILA_PREHEAT) != "True":  # not one started for the pool
             self.visitor_kernels.add(kernel_id)
         return kernel_id
 
@@ -68,10 +68,11 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         if not self._kernel_connections.get(kernel_id):
             self._closed_at[kernel_id] = utcnow()
 
-    def _forget(self, kernel_id: str) -> None:
+    async def shutdown_kernel(self, kernel_id: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self._closed_at.pop(kernel_id, None)
         self._unclaimed_since.pop(kernel_id, None)
         self.visitor_kernels.discard(kernel_id)
+        await super().shutdown_kernel(kernel_id, *args, **kwargs)
 
     async def reclaim_closed(self) -> int:
         """Shut down now, whatever their idle time, the visitors' kernels whose page has closed (and that are not
@@ -80,14 +81,12 @@ class DashboardKernelManager(AsyncMappingKernelManager):
                   and self._kernels[k].execution_state != "busy"]
         for kernel_id in closed:
             self.log.info("Culling kernel %s: its page has closed and a new visitor needs the room", kernel_id)
-            self._forget(kernel_id)
             await self.shutdown_kernel(kernel_id)
         return len(closed)
 
     async def cull_kernel_if_idle(self, kernel_id: str) -> None:
         kernel = self._kernels.get(kernel_id)
         if kernel is None:
-            self._forget(kernel_id)
             return
         if self.cull_disconnected_timeout > 0 and not self._kernel_connections.get(kernel_id):
             now = utcnow()
@@ -98,7 +97,6 @@ class DashboardKernelManager(AsyncMappingKernelManager):
                 limit = max(self.cull_disconnected_timeout, self.UNCLAIMED_GRACE_S)
             if now - since > timedelta(seconds=limit) and kernel.execution_state != "busy":
                 self.log.info("Culling kernel %s: no page connected for %s", kernel_id, now - since)
-                self._forget(kernel_id)
                 await self.shutdown_kernel(kernel_id)
                 return
         await super().cull_kernel_if_idle(kernel_id)
