@@ -5,11 +5,21 @@ The stages, their order and what each reads come from the registry (:mod:`medxpe
 stage's turn comes (the stages it needs have finished or were up to date), its key is computed
 (:mod:`medxpert_utils.core.keys`); a stage whose key matches the one recorded when it last succeeded, with its
 artefacts present, is skipped ("up to date"), as ``make`` would. ``force`` redoes every selected stage, or the
-named ones, regardless. Executed copies land in ``outputs/<run>/notebooks/``; status, wall time, key, the param
-values and inputs it was made from, and the history of attempts go to ``run.json``. With ``parallel`` > 1
+named ones, regardless. Executed copies land in ``outputs/<run>/notebooks/``; status, wall time, peak memory, key,
+the param values and inputs it was made from, and the history of attempts go to ``run.json``. With ``parallel`` > 1
 independent stages run side by side (the captioner trains while CLIP does); the results are the same either way.
 The chain starts nothing new after the first failure, lets the notebooks already running finish, and names the
 executed notebook to open.
+
+Each stage's record in ``run.json`` (``stages.<notebook stem>``), for a success or a failure, holds its kernel's
+memory, in MB (2**20 bytes, one decimal; null where it could not be measured):
+
+* ``peak_rss_mb`` - the kernel process's own peak resident set (Linux ``VmHWM``, read a last time just before the
+  kernel is shut down; elsewhere the largest RSS sampled);
+* ``peak_rss_tree_mb`` - the largest sum of the RSS of the kernel and all its descendants (DataLoader workers, ...)
+  seen by a sampler polling every 0.25 s. Pages the processes share (a forked worker's copy of the dataset) count
+  once per process, and a peak shorter than the polling interval can be missed, so it can be below or above the
+  true peak of the tree; it is the figure to compare with the machine's memory when workers are many.
 """
 
 from __future__ import annotations
@@ -18,18 +28,23 @@ import functools
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.core import keys, runs
 from medxpert_utils.core.config import Config, load
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.stages import FORCE_ENV, NOTEBOOKS_DIR, STAGES, Registry, Stage, get, select, waits_for
 
-__all__ = ["NOTEBOOKS_DIR", "ChainFailed", "kernel_manager_class", "run_chain", "short_reason"]
+if TYPE_CHECKING:
+    import psutil
+
+__all__ = ["NOTEBOOKS_DIR", "ChainFailed", "PeakMemory", "kernel_manager_class", "run_chain", "short_reason"]
 
 Overrides = Mapping[str, object]
 
@@ -135,7 +150,7 @@ class _Chain:
         kernel = self.kernel
         done: set[str] = set()
         pending = list(self.stages)
-        running: dict[Future[str | None], tuple[Stage, float]] = {}
+        running: dict[Future[_Outcome], tuple[Stage, float]] = {}
         failures: list[tuple[Stage, Path, str]] = []
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")) \
             if self.workers > 1 else None
@@ -151,7 +166,7 @@ class _Chain:
             args = (str(stage.notebook), str(out), self.parameters, kernel, str(stage.notebook.parent),
                     stage.number in self.forced)
             t0 = time.perf_counter()
-            future: Future[str | None]
+            future: Future[_Outcome]
             if pool is None:  # one at a time: run it here, now
                 future = Future()
                 future.set_result(_execute(*args))
@@ -181,18 +196,20 @@ class _Chain:
                 for future in sorted(finished, key=lambda f: running[f][0].number):
                     stage, t0 = running.pop(future)
                     wall = round(time.perf_counter() - t0, 1)
-                    reason = future.result()
+                    outcome = future.result()
+                    reason, memory = outcome.reason, outcome.memory()
                     if reason is None:
                         done.add(stage.number)
                         self.ran.append(stage.name)
                         if stage.reads_images:  # the data stage rebuilt the manifest: scan its images anew
                             self.scan = None
                         status = keys.record_success(cfg, stage, self.registry, scan=self._scan(), wall_s=wall,
-                                                     finished=runs.now())
-                        self.log(f"  {stage.name} done in {wall:.1f} s (key {status.key})")
+                                                     finished=runs.now(), **memory)
+                        peak = f", peak {outcome.peak_rss_mb} MB" if outcome.peak_rss_mb is not None else ""
+                        self.log(f"  {stage.name} done in {wall:.1f} s (key {status.key}){peak}")
                     else:
                         runs.record_stage(cfg.run_dir, stage.name, status="failed", wall_s=wall, error=reason,
-                                          finished=runs.now())
+                                          finished=runs.now(), **memory)
                         self.log(f"x {stage.name} failed after {wall:.1f} s: {reason}")
                         if running:
                             self.log(f"  letting {', '.join(s.name for s, _ in running.values())} finish; "
@@ -204,25 +221,179 @@ class _Chain:
         return failures
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What running one notebook gave: None or the failure's reason (one line), and its kernel's peak memory (MB)."""
+
+    reason: str | None
+    peak_rss_mb: float | None = None
+    peak_rss_tree_mb: float | None = None
+
+    def memory(self) -> dict[str, float | None]:
+        return {"peak_rss_mb": self.peak_rss_mb, "peak_rss_tree_mb": self.peak_rss_tree_mb}
+
+
 def _execute(notebook: str, out: str, parameters: Mapping[str, object], kernel: str, cwd: str,
-             force: bool = False) -> str | None:
-    """Run one notebook with papermill. Returns None, or the failure's reason (one line). ``force``: the kernel
-    starts with ``MEDXPERT_FORCE=1``, so the stage reuses none of its own caches."""
+             force: bool = False) -> _Outcome:
+    """Run one notebook with papermill; returns the failure's reason (None when it succeeded) with the kernel's
+    peak memory. ``force``: the kernel starts with ``MEDXPERT_FORCE=1``, so the stage reuses none of its own
+    caches.
+
+    The kernel is a child of this process, which runs one notebook at a time (a pool worker, or the chain's own
+    process with nothing else started meanwhile): :class:`PeakMemory` finds it among this process's descendants.
+    """
     import papermill as pm
 
     previous = os.environ.pop(FORCE_ENV, None)
     if force:
         os.environ[FORCE_ENV] = "1"  # the kernel's environment is this process's
+    reason: str | None = None
+    memory = PeakMemory()
     try:
-        pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=False,
-                            log_output=False, report_mode=False, kernel_manager_class=kernel_manager_class())
+        with memory:
+            pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=cwd,
+                                progress_bar=False, log_output=False, report_mode=False,
+                                kernel_manager_class=kernel_manager_class())
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
-        return short_reason(exc)
+        reason = short_reason(exc)
     finally:
         os.environ.pop(FORCE_ENV, None)
         if previous is not None:
             os.environ[FORCE_ENV] = previous
-    return None
+    return _Outcome(reason, memory.peak_rss_mb, memory.peak_rss_tree_mb)
+
+
+_MB = 2**20
+_INTERVAL_S = 0.25  # how often PeakMemory looks
+_SAMPLERS: set[PeakMemory] = set()  # running in this process; the kernel manager has them look before a shutdown
+_SAMPLERS_LOCK = threading.Lock()
+
+
+def _sample_running() -> None:
+    with _SAMPLERS_LOCK:
+        samplers = list(_SAMPLERS)
+    for sampler in samplers:
+        sampler.sample()
+
+
+class PeakMemory:
+    """Peak memory of a process started by ``root`` (default: this process) while the ``with`` block runs.
+
+    A thread looks every ``interval`` seconds (default 0.25), and the chain's kernel manager once more just before
+    it shuts the kernel down (:func:`kernel_manager_class`). The process watched is the first descendant of
+    ``root``, started since the block began, whose command line runs ipykernel; until one does, the largest such
+    child. Results in MB (2**20 bytes), one decimal, None when nothing could be measured (psutil missing, the
+    process gone before the first look):
+
+    * ``peak_rss_mb``: its own peak resident set: Linux's ``VmHWM`` (monotonic, so the last reading is the peak
+      until then); elsewhere the largest RSS seen (``peak_wset`` on Windows);
+    * ``peak_rss_tree_mb``: the largest sum of the current RSS of it and all its descendants seen.
+    """
+
+    def __init__(self, root: int | None = None, interval: float | None = None):
+        self.root = os.getpid() if root is None else root
+        self.interval = _INTERVAL_S if interval is None else interval
+        self._peak: int | None = None
+        self._tree: int | None = None
+        self._process: psutil.Process | None = None
+        self._is_kernel = False
+        self._before: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        return None if self._peak is None else round(self._peak / _MB, 1)
+
+    @property
+    def peak_rss_tree_mb(self) -> float | None:
+        return None if self._tree is None else round(self._tree / _MB, 1)
+
+    def __enter__(self) -> PeakMemory:
+        try:
+            import psutil
+
+            self._before = {p.pid for p in psutil.Process(self.root).children(recursive=True)}
+        except Exception:  # no psutil, or no such root: nothing to measure, the notebook runs all the same
+            return self
+        with _SAMPLERS_LOCK:
+            _SAMPLERS.add(self)
+        self._thread = threading.Thread(target=self._run, name="medxpert-peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _SAMPLERS_LOCK:
+            _SAMPLERS.discard(self)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        """Look once (never raises: a process that ends meanwhile is simply not counted)."""
+        import psutil
+
+        with self._lock:
+            try:
+                process = self._find()
+                if process is None:
+                    return
+                own = _peak_bytes(process)
+                tree = process.memory_info().rss
+                for child in process.children(recursive=True):
+                    try:
+                        tree += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except (psutil.Error, OSError, ValueError):
+                return
+            if own is not None:
+                self._peak = own if self._peak is None else max(self._peak, own)
+            self._tree = tree if self._tree is None else max(self._tree, tree)
+
+    def _find(self) -> psutil.Process | None:
+        import psutil
+
+        if self._process is not None and self._is_kernel and self._process.is_running():
+            return self._process
+        root = psutil.Process(self.root)
+        new = [p for p in root.children(recursive=True) if p.pid not in self._before]
+        for process in new:
+            try:
+                command = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            if "ipykernel" in command:
+                self._process, self._is_kernel = process, True
+                return process
+        sizes = []
+        for process in new:
+            try:
+                if process.ppid() == self.root:
+                    sizes.append((process.memory_info().rss, process.pid, process))
+            except psutil.Error:
+                pass
+        self._process = max(sizes, key=lambda size: size[:2])[2] if sizes else self._process
+        return self._process
+
+
+def _peak_bytes(process: psutil.Process) -> int | None:
+    """The process's peak resident set so far, in bytes (None once it has exited: a zombie has no VmHWM)."""
+    if sys.platform.startswith("linux"):
+        with open(f"/proc/{process.pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # in kB
+        return None
+    info = process.memory_info()
+    return int(getattr(info, "peak_wset", None) or info.rss)
 
 
 class ChainFailed(UserError):
@@ -255,7 +426,8 @@ def kernel_manager_class() -> type:
     without CurveZMQ keys sends everything in plain text; Unix sockets under the Jupyter runtime
     folder avoid both the open ports and the warning. Kernels start with ``MEDXPERT_BATCH=1``, so
     progress bars print text that the executed notebook keeps (:mod:`medxpert_utils.core.progress`), and
-    with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it (kernels running at once share the cores).
+    with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it (kernels running at once share the cores). Just
+    before a kernel is shut down, the stage's :class:`PeakMemory` reads its peak a last time.
     """
     import uuid
 
@@ -282,6 +454,11 @@ def kernel_manager_class() -> type:
             runtime.mkdir(parents=True, exist_ok=True)
             self.ip = str(runtime / f"kernel-{uuid.uuid4().hex[:16]}-ipc")
             return await super()._async_pre_start_kernel(**kw)
+
+        # AsyncKernelManager's shutdown_kernel is a coroutine; KernelManager's typing says a plain method
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:  # type: ignore[override]
+            _sample_running()  # the kernel's VmHWM as late as it can be read: after its last cell, before it exits
+            await super().shutdown_kernel(now=now, restart=restart)
 
     return IPCKernelManager
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -42,6 +43,9 @@ ROWS_FILE = "rows.parquet"
 CORPUS_DIR = "corpus"
 META_COLUMNS = ("study_id", "image_path", "report", "split")
 _HASH_CHUNK = 1 << 22
+# The model folder's digest and the stamp of its files, kept in the folder (a dot file: not hashed itself)
+FINGERPRINT_FILE = ".medxpert-fingerprint.json"
+_RACY_NS = 2 * 10**9  # files changed this recently before a hash are not trusted to keep their stamp
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -77,7 +81,7 @@ def load_embeddings(folder: str | os.PathLike, corpus: bool = False, mmap: bool 
 
         run = root.parent.parent.name if root.parent.name == "embeddings" else None
         raise RunNotReadyError(f"embeddings missing at {where} ({missing[0].name}) - {stages.hint('02', run)}")
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     return Embeddings(path=where, image=np.load(where / "image.npy", mmap_mode=mode),
                       text=np.load(where / "text.npy", mmap_mode=mode), ids=pd.read_parquet(where / IDS_FILE),
                       rows=pd.read_parquet(where / ROWS_FILE), cache_key=io.read_json(root / CACHE_KEY_FILE))
@@ -116,9 +120,51 @@ def _to_numpy(array: "pa.Array") -> np.ndarray:
 # --- cache key ----------------------------------------------------------------------------------------------
 
 def _hash_folder(folder: Path) -> str:
+    """The content hash of ``folder``'s files (dot files excluded), remembered in :data:`FINGERPRINT_FILE`.
+
+    A cold ``medxpert search`` checks the model it loads against the one its corpus was embedded with; reading a
+    full-size CLIP (~600 MB) for that on every query would cost more than the query. So the digest is written
+    into the folder beside a stamp of its files (name, size, mtime in ns) and trusted while the stamp is unchanged.
+    The digest itself is exactly :func:`_hash_files`' (recorded keys compare against it). A folder that cannot be
+    written (a read-only cache) is hashed as before, once per process.
+    """
+    started = time.time_ns()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    stamp = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _hash_files(str(folder.resolve()), stamp)
+    stamp = _stamp(folder, files)
+    stored = _stored_digest(folder, stamp)
+    if stored is not None:
+        return stored
+    digest = _hash_files(str(folder.resolve()), stamp)
+    # Remember it only for files older than the hashing (git's "racily clean" rule): a file rewritten in the same
+    # clock tick as its stamp, with the same size, would otherwise keep the old digest for good.
+    if all(mtime < started - _RACY_NS for _, _, mtime in stamp) and _stamp(folder, files) == stamp:
+        _store_digest(folder, stamp, digest)
+    return digest
+
+
+def _stamp(folder: Path, files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    stats = [(p, p.stat()) for p in files]
+    return tuple((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns) for p, st in stats)
+
+
+def _stored_digest(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> str | None:
+    """The digest :data:`FINGERPRINT_FILE` holds when its stamp is ``stamp``; None when absent, unreadable or
+    stale."""
+    try:
+        saved = io.read_json(folder / FINGERPRINT_FILE)
+        files = tuple((str(name), int(size), int(mtime)) for name, size, mtime in saved["files"])
+        digest = saved["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = saved.get("format") == 1 and files == stamp and isinstance(digest, str) and len(digest) == 64
+    return digest if ok else None
+
+
+def _store_digest(folder: Path, stamp: tuple[tuple[str, int, int], ...], digest: str) -> None:
+    try:
+        io.write_json(folder / FINGERPRINT_FILE, {"format": 1, "sha256": digest, "files": [list(f) for f in stamp]})
+    except OSError:  # a read-only folder (e.g. a shared Hugging Face cache): hash it once per process instead
+        pass
 
 
 @functools.lru_cache(maxsize=16)
@@ -148,7 +194,8 @@ def _local_model_folder(spec: str) -> Path | None:
 
 
 def weights_fingerprint(spec: str) -> str:
-    """sha256 of every file of the model folder (weights, config, tokenizer, image processor)."""
+    """sha256 of every file of the model folder (weights, config, tokenizer, image processor), read once per
+    version of its files: remembered in the folder's ``.medxpert-fingerprint.json`` (see :func:`_hash_folder`)."""
     folder = _local_model_folder(spec)
     return _hash_folder(folder) if folder is not None else f"unresolved:{spec}"
 

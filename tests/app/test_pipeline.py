@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -65,13 +66,15 @@ def test_chain_runs_in_order_and_records_status(fake_chain, isolated_dirs):
     assert {k: v["status"] for k, v in info["stages"].items()} == {
         "00_first": "ok", "01_second": "ok", "02_third": "ok"}
     assert all(v["wall_s"] >= 0.5 for v in info["stages"].values())  # a kernel's start alone takes longer
+    # each kernel's memory, measured in this process (one notebook at a time): a Python kernel takes some MB
+    assert all(10 < v["peak_rss_mb"] <= v["peak_rss_tree_mb"] + 50 for v in info["stages"].values()), info["stages"]
     assert info["params"]["profile"] == "demo" and info["overrides"] == {"seed": 5}
     assert info["attempts"][-1]["status"] == "ok"
     assert (run_dir / "notebooks" / "01_second.ipynb").is_file()
     executed = json.loads((run_dir / "notebooks" / "00_first.ipynb").read_text())
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and str(run_dir) in "".join(injected[0]["source"])
-    assert any("00_first done in" in m for m in messages)
+    assert any("00_first done in" in m and m.endswith(" MB") and ", peak " in m for m in messages), messages
 
 
 def _failed_run(runs_root, name: str, marker: str, registry, **kwargs):
@@ -94,6 +97,7 @@ def test_failure_stops_names_the_notebook_and_resume_continues(fake_chain, isola
     assert _log(run_dir) == ["00", "01"]  # 02 never ran
     state = runs.read(run_dir)
     assert state["stages"]["01_second"]["status"] == "failed"
+    assert state["stages"]["01_second"]["peak_rss_mb"] > 10  # a failure's kernel is measured too
     assert state["attempts"][-1]["status"] == "failed"
 
     (run_dir / "fail").unlink()
@@ -243,6 +247,7 @@ def test_independent_notebooks_run_side_by_side(forked_chain, isolated_dirs):
         "00_data": "ok", "01_train": "ok", "04_caption": "ok", "05_report": "ok"}
     assert info["attempts"][-1]["status"] == "ok" and info["params"]["profile"] == "demo"
     assert all(v["wall_s"] >= 0.5 for v in info["stages"].values())
+    assert all(v["peak_rss_mb"] > 10 and v["peak_rss_tree_mb"] > 10 for v in info["stages"].values())
     assert messages[-1].startswith("Run 'fork' finished")
 
 
@@ -261,3 +266,85 @@ def test_a_parallel_failure_lets_the_running_notebook_finish_and_starts_nothing_
 def test_parallel_must_be_positive(fake_chain, isolated_dirs):
     with pytest.raises(UserError, match="--parallel 0"):
         pipeline.run_chain("params/demo.yaml", run="p0", parallel=0, log=lambda m: None, registry=fake_chain)
+
+
+def test_peak_memory_of_a_process_started_meanwhile():
+    import subprocess
+    import sys
+
+    with pipeline.PeakMemory() as memory:
+        subprocess.run([sys.executable, "-c", "import time\nb = b'x' * (200 * 2**20)\ntime.sleep(1)"], check=True)
+    assert memory.peak_rss_mb is not None and memory.peak_rss_mb >= 200
+    assert memory.peak_rss_tree_mb is not None and memory.peak_rss_tree_mb >= 200
+    assert memory.peak_rss_mb == round(memory.peak_rss_mb, 1)
+    with pipeline.PeakMemory() as nothing:  # no process started: nothing measured
+        pass
+    assert nothing.peak_rss_mb is None and nothing.peak_rss_tree_mb is None
+
+
+_BIG = """import subprocess, sys, time
+from pathlib import Path
+import numpy as np
+Path(RUN).mkdir(parents=True, exist_ok=True)
+# a worker process holding 200 MB until told to stop (as a DataLoader worker would), and 300 MB in the kernel
+child = subprocess.Popen([sys.executable, "-c", "import sys\\nb = b'x' * (200 * 2**20)\\nprint('ready', flush=True)\\n"
+                          "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "ready"
+a = np.ones(300 * 2**20 // 8)
+a.sum()
+(Path(RUN) / "allocated").write_text("")
+deadline = time.time() + 60
+while not (Path(RUN) / "small-done").exists():
+    assert time.time() < deadline, "01 never ran"
+    time.sleep(0.05)
+time.sleep(1.0)
+child.stdin.close()
+child.wait()
+"""
+
+_SMALL = """import time
+from pathlib import Path
+Path(RUN).mkdir(parents=True, exist_ok=True)
+deadline = time.time() + 60
+while not (Path(RUN) / "allocated").exists():
+    assert time.time() < deadline, "00 never allocated"
+    time.sleep(0.05)
+time.sleep(1.0)
+(Path(RUN) / "small-done").write_text("")
+"""
+
+
+@pytest.mark.slow
+def test_each_stage_records_its_own_kernels_peak_memory(tmp_path, isolated_dirs):
+    """Two notebooks at once, one holding 300 MB in its kernel and 200 MB in a child process: each stage's record
+    has its own kernel's peak and its tree's, not the other's."""
+    folder = tmp_path / "memory"
+    folder.mkdir()
+    _notebook(folder / "00_big.ipynb", _BIG)
+    _notebook(folder / "01_small.ipynb", _SMALL)
+    messages: list[str] = []
+    pipeline.run_chain("params/demo.yaml", run="mem", parallel=2, log=messages.append,
+                       registry=(_stage(folder, "00_big"), _stage(folder, "01_small")))
+    stages = runs.read(isolated_dirs / "mem")["stages"]
+    big, small = stages["00_big"], stages["01_small"]
+    assert big["peak_rss_mb"] >= 300, big  # VmHWM of the kernel alone
+    assert big["peak_rss_tree_mb"] >= 500, big  # the kernel and its child, both held for a while
+    assert small["peak_rss_mb"] < 200 and small["peak_rss_tree_mb"] < 200, small  # ran meanwhile, apart
+    assert any(m.startswith("  00_big done in") and f", peak {big['peak_rss_mb']} MB" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_the_kernels_peak_is_read_once_more_just_before_it_shuts_down(tmp_path, monkeypatch, isolated_dirs):
+    """A peak in the last moments of a notebook, between two looks of the sampler, is not lost: the kernel manager
+    reads the kernel's VmHWM as it shuts it down (here the sampler looks only once, before the kernel starts)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is Linux's")
+    folder = tmp_path / "brief"
+    folder.mkdir()
+    _notebook(folder / "00_brief.ipynb", "import numpy as np\na = np.ones(300 * 2**20 // 8)\na.sum()\ndel a\n")
+    monkeypatch.setattr(pipeline, "_INTERVAL_S", 600.0)
+    pipeline.run_chain("params/demo.yaml", run="brief", parallel=1, log=lambda m: None,  # sampled in this process
+                       registry=(_stage(folder, "00_brief"),))
+    record = runs.read(isolated_dirs / "brief")["stages"]["00_brief"]
+    assert record["peak_rss_mb"] >= 300, record
+    assert record["peak_rss_tree_mb"] < 300, record  # the array was gone by then: the tree is current RSS
