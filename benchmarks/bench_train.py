@@ -1,7 +1,7 @@
 """Training throughput of the project's loop vs a bare loop, in image-report pairs per second.
 
-For each architecture -- the demo's tiny CLIP and ViT-B/32 (random init from ``CLIPConfig()``
-defaults, 224 px) -- it builds a small synthetic dataset of PNGs on disk and measures, in the
+For each architecture -- the demo's tiny CLIP and ViT-B/32 (random init from its published
+configuration, 224 px) -- it builds a small synthetic dataset of PNGs on disk and measures, in the
 same process:
 
 * **project**: ``train.fit`` itself (data loading from PNG with augmentation in DataLoader
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medxpert_utils.core import config, io, runtime
-from medxpert_utils.models import clip, pretrained
+from medxpert_utils.models import clip
 from medxpert_utils.training import trainer as train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
@@ -52,17 +52,8 @@ ARCHS = {
 
 
 def build_vit_b32(reports: list[str], out_dir: Path) -> Path:
-    """ViT-B/32 CLIP from ``CLIPConfig()`` defaults (random init) with a tokenizer trained on ``reports``."""
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    tokenizer = clip.train_tokenizer(reports, 2000, 77)
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=ids))
-    return pretrained.save_pretrained(model, CLIPProcessor(image_processor=CLIPImageProcessorPil(),
-                                                           tokenizer=tokenizer), out_dir)
+    """ViT-B/32 CLIP from its published configuration (random weights), as the rehearsal profile builds it."""
+    return clip.build_random_clip("openai/clip-vit-base-patch32", reports, out_dir, seed=0, max_length=77)
 
 
 def prepare(arch: str, root: Path, batches: int, epochs: int, workers: int | None = None) -> config.Config:

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import MissingModelError, UserError
-from medxpert_utils.models.blip import TINY, load_blip, model_specs, prepare_base_model, rgb_image, small_model_threads
+from medxpert_utils.models.blip import (
+    builds_base,
+    load_blip,
+    model_specs,
+    prepare_base_model,
+    rgb_image,
+    small_model_threads,
+    undecodable_ids,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +40,8 @@ class Captioner:
         self.model, self.processor, self.name = model, processor, name
         self.num_beams, self.max_new_tokens, self.prompt, self.batch_size = (num_beams, max_new_tokens, prompt,
                                                                              batch_size)
+        unknown = undecodable_ids(model, processor.tokenizer)
+        self.generate_kwargs: dict[str, Any] = {"suppress_tokens": unknown} if unknown else {}
 
     @classmethod
     def from_run(cls, run: "str | os.PathLike | Config", which: str = "auto", device: Any = None) -> "Captioner":
@@ -76,7 +86,7 @@ class Captioner:
                 ids = self.model.generate(pixel_values=inputs["pixel_values"].to(device),
                                           input_ids=inputs["input_ids"].to(device) if self.prompt else None,
                                           max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
-                                          do_sample=False)
+                                          do_sample=False, **self.generate_kwargs)
             out.extend(" ".join(t.split()) for t in self.processor.batch_decode(ids, skip_special_tokens=True))
         return out
 
@@ -115,7 +125,7 @@ def caption_split(cfg: "Config", split: str = "test", models: Sequence[str] | No
         keep.append(row)
     if not keep:
         raise UserError(f"no images in the {split} split to caption - check data.split and the manifest")
-    if cfg.captions.model == TINY:
+    if builds_base(cfg.captions.model):
         prepare_base_model(cfg)
     out = []
     for name in models or available_models(cfg):

@@ -9,7 +9,7 @@ import numpy as np
 
 from medxpert_utils.core import io
 from medxpert_utils.data.label_metrics import label_f1
-from medxpert_utils.models.blip import TINY, model_specs
+from medxpert_utils.models.blip import builds_base, model_specs
 from medxpert_utils.models.chexbert import chexbert_f1
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ def score_captions(captions: Sequence[str], references: Sequence[str]) -> dict[s
 
 
 def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None,
-              split: str = "test") -> dict[str, Any]:
-    """Score each captioner in ``frame`` (from :func:`caption_split`) and write ``metrics/captions.json``."""
+              split: str = "test", seconds: float | None = None) -> dict[str, Any]:
+    """Score each captioner in ``frame`` (from :func:`caption_split`) and write ``metrics/captions.json``;
+    ``seconds``: the wall time captioning took (loading the captioners included), kept as ``caption_seconds``."""
     result: dict[str, Any] = {
         "split": split,
         "n_images": int(frame["image_path"].nunique()) if len(frame) else 0,
@@ -58,10 +59,13 @@ def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None
     for name, group in frame.groupby("model", sort=False):
         scores = score_captions(group["caption"].tolist(), group["reference"].tolist())
         scores["model"] = specs.get(name, name)
-        scores["untrained"] = name == "base" and cfg.captions.model == TINY
+        scores["untrained"] = name == "base" and builds_base(cfg.captions.model)
         scores["chexbert"] = chexbert_f1(group["caption"].tolist(), group["reference"].tolist(), cfg.eval.chexbert,
                                          cfg.device if cfg.device != "auto" else None)
         result["models"][name] = scores
+    if seconds is not None:
+        result["caption_seconds"] = round(float(seconds), 2)
+        result["n_captions"] = len(frame)
     if training:
         result["training"] = training
     io.write_json(cfg.paths.metrics / "captions.json", result)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ def run(cfg: Config) -> CaptionStageResult:
     if training is not None:
         figures["blip_training"] = cfg.paths.figures / "blip_training.png"
         plt.close(plots.caption_training_curve(training, figures["blip_training"]))
+    started = time.perf_counter()
     frame = caption_split(cfg)
-    scores = score_run(cfg, frame, training)
+    scores = score_run(cfg, frame, training, seconds=time.perf_counter() - started)
     per_label = {name: model["label_f1_per_label"] for name, model in scores["models"].items()}
     figures["caption_label_f1"] = cfg.paths.figures / "caption_label_f1.png"
     plt.close(plots.label_f1_bars(per_label, figures["caption_label_f1"],

@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import PROJECT_ROOT, RunPaths, resolve_run_dir
 
+# A model spec "random:<hub id>": that model's published architecture with random weights (models.published).
+RANDOM_PREFIX = "random:"
+
 
 class ConfigError(UserError, ValueError):
     """A params file or override is wrong; the message names the key and the fix."""
@@ -92,7 +95,8 @@ class ClipParams(_Section):
     model: str = Field(
         "tiny",
         description="'tiny' (built offline from config) or a Hugging Face hub id / local folder, "
-        "e.g. openai/clip-vit-base-patch32.",
+        "e.g. openai/clip-vit-base-patch32; random:<hub id> builds that model's published architecture with random "
+        "weights (rehearsal).",
     )
     max_length: int = Field(77, ge=8, le=512, description="Token limit for reports (CLIP's text tower holds 77).")
     tiny: TinyClipParams = Field(default_factory=TinyClipParams, description="Sizes of the offline tiny CLIP.")
@@ -314,7 +318,12 @@ class AsrParams(_Section):
         "pocketsphinx", description="Speech recogniser for spoken queries: pocketsphinx (offline, the run's language "
                                     "model) or whisper (asr.model through transformers).")
     model: str = Field("openai/whisper-small.en",
-                       description="Whisper hub id or save_pretrained folder (backend whisper).")
+                       description="Whisper hub id or save_pretrained folder (backend whisper); random:<hub id> "
+                                   "builds that model's published architecture with random weights (rehearsal).")
+    max_new_tokens: int = Field(96, ge=1, le=440, description="whisper: longest transcript in tokens (30 s of "
+                                                              "speech is about 90 words).")
+    num_beams: int = Field(1, ge=1, le=10, description="whisper: beam width (1: greedy, what a query box can wait "
+                                                       "for on a CPU; transformers' pipeline would otherwise use 5).")
     max_seconds: float = Field(30.0, gt=0, description="Longest accepted spoken query in seconds.")
     max_mb: float = Field(10.0, gt=0, description="Largest accepted audio file in megabytes.")
 
@@ -366,6 +375,14 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
+
+    def random_weights(self) -> dict[str, str]:
+        """The run's models built with random weights (``random:<hub id>`` specs; ASR only with the whisper
+        backend): param -> spec. Empty for a run whose models are pretrained or the offline tiny ones."""
+        p = self.params
+        specs = {"clip.model": p.clip.model, "captions.model": p.captions.model,
+                 "asr.model": p.asr.model if p.asr.backend == "whisper" else ""}
+        return {k: v for k, v in specs.items() if v.strip().startswith(RANDOM_PREFIX)}
 
     def params_hash(self) -> str:
         """Stable hash of the resolved params (sweeps skip runs whose hash already finished)."""

@@ -96,6 +96,11 @@ class RunPaths:
         return self.root / "models" / "blip_base"
 
     @property
+    def whisper_base(self) -> Path:
+        """Whisper built here from a published configuration (``asr.model: random:<hub id>``)."""
+        return self.root / "models" / "whisper_base"
+
+    @property
     def captions(self) -> Path:
         return self.root / "captions.parquet"
 

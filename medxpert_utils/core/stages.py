@@ -143,6 +143,7 @@ STAGES: tuple[Stage, ...] = (
         volatile=("dashboard.pool", "dashboard.max_sessions", "dashboard.idle_timeout_s",
                   "dashboard.open_idle_timeout_s", "dashboard.refill_delay_s"),
         artefacts=(),
+        optional_artefacts=("models/whisper_base",),  # asr.model: random:<hub id> (the rehearsal) builds it here
         run_ref="medxpert_utils.app.dashboard:run_stage", version="dashboard-v1",
     ),
 )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.models import published
 from medxpert_utils.models.pretrained import TINY, ModelKind, load_pretrained, reuse_or_build, save_pretrained
 
 if TYPE_CHECKING:
@@ -111,6 +112,46 @@ def build_tiny_blip(params: "TinyBlipParams", reports: Iterable[str], out_dir: s
     return save_pretrained(model, processor, out_dir)  # generic atomic save_pretrained of model + processor
 
 
+def build_random_blip(hub_id: str, reports: Iterable[str], out_dir: str | os.PathLike, seed: int,
+                      max_length: int = 64) -> Path:
+    """Build ``hub_id``'s architecture from its published configuration with random weights; save it.
+
+    The WordPiece tokenizer is a stand-in built from ``reports``; the text decoder keeps the published vocabulary
+    size (the captioner never generates an id the tokenizer lacks: :func:`undecodable_ids`); generation starts at
+    [CLS] (the hub model's [DEC]) and stops at [SEP].
+    """
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    entry = published.PUBLISHED[hub_id]
+    tokenizer = train_wordpiece(reports, entry.config["text_config"]["vocab_size"], max_length)
+    config = BlipConfig(**published.config_kwargs(entry, bos_token_id=tokenizer.cls_token_id,
+                                                  eos_token_id=tokenizer.sep_token_id,
+                                                  sep_token_id=tokenizer.sep_token_id,
+                                                  pad_token_id=tokenizer.pad_token_id))
+    model = published.seeded_model(BlipForConditionalGeneration, config, seed)
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(**entry.processor), tokenizer=tokenizer)
+    return save_pretrained(model, processor, out_dir)
+
+
+def undecodable_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Ids of the decoder's vocabulary beyond the tokenizer's (none for a hub BLIP or the tiny one; a stand-in
+    tokenizer of a published architecture has fewer): generation must never pick them, since they decode to
+    nothing. BLIP's ``generate`` reads its text decoder's generation config, not a saved one, so the captioner
+    passes them."""
+    return published.suppressed_ids(int(model.config.text_config.vocab_size), len(tokenizer))
+
+
+def builds_base(spec: str) -> bool:
+    """True when the base captioner is built inside the run (``tiny`` or ``random:<hub id>``) rather than loaded."""
+    return spec == TINY or published.is_random(spec)
+
+
+def base_note(spec: str) -> str:
+    """What follows a base captioner's spec in tables: the tiny or random-weights label, or ""."""
+    return published.untrained_note(spec, "BLIP")
+
+
 def text_max_length(cfg: "Config") -> int:
     """Tokens a caption target keeps: the longest caption generated, plus the start and end tokens (16 at least)."""
     return max(16, cfg.captions.max_new_tokens + 2)
@@ -124,21 +165,29 @@ def _split_reports(cfg: "Config", split: str = "train") -> list[str]:
 
 
 def prepare_base_model(cfg: "Config") -> str:
-    """The base captioner's spec: the hub id / folder from params, or the tiny model built into ``models/blip_base/``.
-
-    The tiny model is rebuilt only when the training reports, its sizes or the seed change.
+    """The base captioner's spec: the hub id / folder from params, or the folder of the model built here
+    (``tiny``, or ``random:<hub id>``: that model's published architecture with random weights) in
+    ``models/blip_base/``, rebuilt only when the training reports, its sizes or the seed change.
     """
     import transformers
 
-    if cfg.captions.model != TINY:
-        return cfg.captions.model
+    spec = cfg.captions.model
+    if not builds_base(spec):
+        return spec
+    hub_id = published.published(spec, "blip", "captions.model")[0] if spec != TINY else ""
     out = cfg.paths.blip_base
     reports = _split_reports(cfg)
+    size: Any = cfg.captions.tiny.model_dump(mode="json") if spec == TINY else {"random": spec}
     key = {"train_reports_sha256": hashlib.sha256("\n\x00".join(reports).encode()).hexdigest(),
-           "tiny": cfg.captions.tiny.model_dump(mode="json"), "max_length": text_max_length(cfg),
+           "tiny": size, "max_length": text_max_length(cfg),
            "seed": cfg.seed, "transformers": transformers.__version__, "builder": TINY_BUILDER_VERSION}
-    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), key,
-                          lambda: build_tiny_blip(cfg.captions.tiny, reports, out, cfg.seed, text_max_length(cfg)))
+    if spec == TINY:
+        def build() -> Path:
+            return build_tiny_blip(cfg.captions.tiny, reports, out, cfg.seed, text_max_length(cfg))
+    else:
+        def build() -> Path:
+            return build_random_blip(hub_id, reports, out, cfg.seed, text_max_length(cfg))
+    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), key, build)
 
 
 def load_blip(spec: str | os.PathLike, device: Any = None) -> tuple["BlipForConditionalGeneration", "BlipProcessor"]:
@@ -150,7 +199,7 @@ def load_blip(spec: str | os.PathLike, device: Any = None) -> tuple["BlipForCond
 
 def model_specs(cfg: "Config") -> dict[str, str]:
     """The captioners a run can have: ``base`` (hub id or tiny folder) and ``fine_tuned`` (``models/blip/``)."""
-    base = str(cfg.paths.blip_base) if cfg.captions.model == TINY else cfg.captions.model
+    base = str(cfg.paths.blip_base) if builds_base(cfg.captions.model) else cfg.captions.model
     return {"base": base, "fine_tuned": str(cfg.paths.blip)}
 
 

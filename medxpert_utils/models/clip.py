@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.models import published
 from medxpert_utils.models.pretrained import TINY, ModelKind, load_pretrained, reuse_or_build, save_pretrained
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the CLI and dashboard import this module cheaply
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: the CLI and dashboard import this 
     from medxpert_utils.core.config import Config, TinyClipParams
 
 BASE_KEY_NAME = "clip_base.key.json"  # written beside models/clip_base/
+RANDOM_VOCAB_TARGET = 8000  # BPE training target of a random-weights CLIP's stand-in tokenizer (the model keeps 49,408)
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 _END_OF_WORD = "</w>"
 # Grey radiographs are fed to the RGB tower as three equal channels, so one mean/std serves all
@@ -122,6 +124,34 @@ def build_tiny_clip(params: "TinyClipParams", reports: Iterable[str], out_dir: s
     return save_pretrained(model, processor, out_dir)
 
 
+def build_random_clip(hub_id: str, reports: Iterable[str], out_dir: str | os.PathLike, seed: int,
+                      max_length: int) -> Path:
+    """Build ``hub_id``'s architecture from its published configuration with random weights; save it.
+
+    The tokenizer is a stand-in trained on ``reports`` (:data:`medxpert_utils.models.published.STAND_INS`); the
+    text tower keeps the published vocabulary size and pools at the stand-in's EOS.
+    """
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    entry = published.PUBLISHED[hub_id]
+    text = entry.config["text_config"]
+    tokenizer = train_tokenizer(reports, RANDOM_VOCAB_TARGET, min(max_length, text["max_position_embeddings"]))
+    if len(tokenizer) > text["vocab_size"]:
+        raise RuntimeError(f"stand-in tokenizer of {len(tokenizer)} tokens exceeds {hub_id}'s vocabulary")
+    config = CLIPConfig(**published.config_kwargs(entry, bos_token_id=tokenizer.bos_token_id,
+                                                  eos_token_id=tokenizer.eos_token_id,
+                                                  pad_token_id=tokenizer.pad_token_id))
+    model = published.seeded_model(CLIPModel, config, seed)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(**entry.processor), tokenizer=tokenizer)
+    return save_pretrained(model, processor, out_dir)
+
+
+def builds_base(spec: str) -> bool:
+    """True when the base model is built inside the run (``tiny`` or ``random:<hub id>``) rather than loaded."""
+    return spec == TINY or published.is_random(spec)
+
+
 def _train_reports(cfg: "Config") -> list[str]:
     from medxpert_utils.data import manifest
 
@@ -133,34 +163,43 @@ def _base_key(cfg: "Config", reports: list[str]) -> dict[str, Any]:
     import transformers
 
     digest = hashlib.sha256("\n\x00".join(reports).encode("utf-8")).hexdigest()
-    return {"train_reports_sha256": digest, "n_reports": len(reports), "tiny": cfg.clip.tiny.model_dump(mode="json"),
+    size: Any = cfg.clip.tiny.model_dump(mode="json") if cfg.clip.model == TINY else {
+        "random": cfg.clip.model, "max_length": cfg.clip.max_length, "vocab_target": RANDOM_VOCAB_TARGET}
+    return {"train_reports_sha256": digest, "n_reports": len(reports), "tiny": size,
             "seed": cfg.seed, "transformers": transformers.__version__}
 
 
 def prepare_base_model(cfg: "Config") -> str:
-    """The zero-shot base model's spec: the hub id / folder from params, or the tiny model's folder.
+    """The zero-shot base model's spec: the hub id / folder from params, or the folder of the model built here.
 
-    For ``clip.model: tiny`` the untrained model is built from the run's training reports into
-    ``models/clip_base/`` and reused while the reports, sizes and seed stay the same (a key file
-    beside the folder records them).
+    For ``clip.model: tiny`` (the untrained tiny CLIP) or ``random:<hub id>`` (that model's published architecture
+    with random weights) the model is built from the run's training reports into ``models/clip_base/`` and reused
+    while the reports, sizes and seed stay the same (a key file beside the folder records them).
     """
-    if cfg.clip.model != TINY:
-        return cfg.clip.model
+    spec = cfg.clip.model
+    if not builds_base(spec):
+        return spec
+    hub_id = published.published(spec, "clip", "clip.model")[0] if spec != TINY else ""
     out = cfg.paths.clip_base
     reports = _train_reports(cfg)
-    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), _base_key(cfg, reports),
-                          lambda: build_tiny_clip(cfg.clip.tiny, reports, out, cfg.seed))
+    if spec == TINY:
+        def build() -> Path:
+            return build_tiny_clip(cfg.clip.tiny, reports, out, cfg.seed)
+    else:
+        def build() -> Path:
+            return build_random_clip(hub_id, reports, out, cfg.seed, cfg.clip.max_length)
+    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), _base_key(cfg, reports), build)
 
 
 def model_specs(cfg: "Config") -> dict[str, str]:
     """Specs of the two models stages compare: the zero-shot base and the fine-tuned folder (no side effects)."""
-    base = str(cfg.paths.clip_base) if cfg.clip.model == TINY else cfg.clip.model
+    base = str(cfg.paths.clip_base) if builds_base(cfg.clip.model) else cfg.clip.model
     return {"zero_shot": base, "fine_tuned": str(cfg.paths.clip_finetuned)}
 
 
 def is_untrained_base(cfg: "Config") -> bool:
-    """True when the zero-shot model is the randomly initialised tiny CLIP (label it so in tables)."""
-    return cfg.clip.model == TINY
+    """True when the zero-shot model has random weights (the tiny CLIP, or ``random:<hub id>``): tables say so."""
+    return builds_base(cfg.clip.model)
 
 
 def count_parameters(model: "torch.nn.Module") -> dict[str, int]:

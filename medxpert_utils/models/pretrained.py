@@ -92,8 +92,8 @@ def load_pretrained(spec: str | os.PathLike, model_cls: Any, processor_cls: Any,
     from medxpert_utils.core import runtime
 
     text = os.fspath(spec).strip()
-    if text == TINY:
-        raise UserError(f"{kind.param} 'tiny' is not a model to load: it is built from the training reports by "
+    if text == TINY or text.startswith("random:"):
+        raise UserError(f"{kind.param} '{text}' is not a model to load: it is built from the training reports by "
                         f"{kind.builder} ({kind.source()}) - load that folder")
     path = Path(text).expanduser()
     local = path.is_dir()

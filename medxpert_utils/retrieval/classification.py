@@ -354,6 +354,6 @@ def format_summary(result: dict[str, Any]) -> str:
     for method in METHODS:
         for model, column in _COLUMN.items():
             block = result["models"].get(model, {}).get(method, {})
-            note = " (untrained tiny model)" if model == "zero_shot" and result.get("untrained_base") else ""
+            note = " (untrained: random weights)" if model == "zero_shot" and result.get("untrained_base") else ""
             lines.append(f"  {method:<18} {column + note:<32} {_fmt(block.get('mean_auroc'), block.get('mean_ci95'))}")
     return "\n".join(lines)

@@ -153,7 +153,7 @@ def retrieval_table(result: dict[str, Any], metrics: Sequence[str] | None = None
 def pretty_table(result: dict[str, Any], metrics: Sequence[str] | None = None, chance: bool = False) -> pd.DataFrame:
     """Display table: rows (direction, metric), one column per model as "value [CI]" in percent.
 
-    The zero-shot column says "(untrained tiny model)" when the base was never trained;
+    The zero-shot column says "(untrained: random weights)" when the base was never trained;
     ``chance`` adds a random ranking's Recall@K.
     """
     metrics = list(metrics or [f"R@{k}" for k in CONTRACT_KS])
@@ -162,7 +162,7 @@ def pretty_table(result: dict[str, Any], metrics: Sequence[str] | None = None, c
     for model, column in _COLUMN.items():
         if column not in table:
             continue
-        note = " (untrained tiny model)" if result["models"][model].get("untrained_base") else ""
+        note = " (untrained: random weights)" if result["models"][model].get("untrained_base") else ""
         out[column + note] = [
             "-" if pd.isna(v) else f"{v:.1f}" + ("" if pd.isna(lo) else f" [{lo:.1f}, {hi:.1f}]")
             for v, lo, hi in zip(table[column], table[f"{column} CI low"], table[f"{column} CI high"])]

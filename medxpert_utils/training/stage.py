@@ -33,13 +33,13 @@ class TrainingStageResult:
 def describe_base(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The base model (built first for ``clip.model: tiny``) as a table, and its parameters once the first
     ``train.freeze_vision_layers`` vision blocks are frozen."""
-    from medxpert_utils.models import clip
+    from medxpert_utils.models import clip, published
 
     spec = clip.prepare_base_model(cfg)
     model, _ = clip.load_clip(spec, "cpu")
     vision, text = model.config.vision_config, model.config.text_config
     base = pd.DataFrame([{
-        "base model": spec if not clip.is_untrained_base(cfg) else f"{spec} (untrained tiny CLIP)",
+        "base model": cfg.clip.model + published.untrained_note(cfg.clip.model, "CLIP"),
         "image size": vision.image_size, "patch": vision.patch_size,
         "vision blocks x width": f"{vision.num_hidden_layers} x {vision.hidden_size}",
         "text blocks x width": f"{text.num_hidden_layers} x {text.hidden_size}",

@@ -116,7 +116,7 @@ _DIRECTIONS = {"image_to_text": "image → report", "text_to_image": "report →
 def _model_label(result: dict, model: str) -> str:
     label = _RETRIEVAL_MODELS.get(model, model)
     if result["models"].get(model, {}).get("untrained_base"):
-        label += " (untrained tiny model)"
+        label += " (untrained: random weights)"
     return label
 
 
@@ -426,7 +426,7 @@ def classification_auroc(result: dict, path: str | Path | None = None):
                 lo.append(row["auroc"] - ci[0])
                 hi.append(ci[1] - row["auroc"])
             name = _RETRIEVAL_MODELS.get(model, model) + (
-                " (untrained tiny model)" if model == "zero_shot" and result.get("untrained_base") else "")
+                " (untrained: random weights)" if model == "zero_shot" and result.get("untrained_base") else "")
             mean = block.get("mean_auroc")
             bars = ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=2,
                            label=f"{name}: mean {mean:.3f}" if mean is not None else name)

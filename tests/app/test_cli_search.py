@@ -63,7 +63,7 @@ def test_eval_prints_and_writes(run, capsys):
     assert not (run / "metrics" / "retrieval.json").exists()
     assert main(["eval", "--run", str(run), "--write"]) == 0
     text = capsys.readouterr().out
-    assert "Recall@1" in text and "untrained tiny model" in text
+    assert "Recall@1" in text and "untrained: random weights" in text
     assert io.read_json(run / "metrics" / "retrieval.json")["n_images"] == result["n_images"]
     assert (run / "metrics" / "retrieval_table.csv").is_file()
 

@@ -184,6 +184,20 @@ def test_no_run_and_missing_stage_messages(isolated_dirs):
     assert "outputs/nope is missing" in board.run_message.value
 
 
+def test_a_run_with_random_weights_says_so_above_everything(isolated_dirs):
+    rehearsal = _fabricate_run(isolated_dirs, "rehearsal", clip__model="random:openai/clip-vit-base-patch32",
+                               asr__backend="whisper", asr__model="random:openai/whisper-small.en")
+    board = _board(rehearsal)
+    shown = _text(board.run_message)
+    assert "Random weights: this run's models (openai/clip-vit-base-patch32, openai/whisper-small.en)" in shown
+    assert "mean nothing" in shown and not board.search_button.disabled
+    plain = _board(_fabricate_run(isolated_dirs, "plain"))
+    assert "Random weights" not in _text(plain.run_message)
+    labels = dict(plain.runs.options)
+    assert "rehearsal (smoke, random weights, " in next(k for k in labels if k.startswith("rehearsal"))
+    assert "random weights" not in next(k for k in labels if k.startswith("plain"))
+
+
 def test_run_picker_lists_runs_and_switches(isolated_dirs):
     first = _fabricate_run(isolated_dirs, "first", default_k=3)
     second = _fabricate_run(isolated_dirs, "second", default_k=7)

@@ -212,6 +212,22 @@ def test_preheat_loads_nothing_outside_a_pooled_kernel(isolated_dirs, monkeypatc
     assert page_module.preheat("smoke") is None  # papermill's RUN: the pipeline never preheats
 
 
+def test_stage_06_builds_a_random_weights_whisper_and_nothing_else(isolated_dirs, monkeypatch):
+    from medxpert_utils.models import whisper
+
+    built = []
+    monkeypatch.setattr(whisper, "prepare_model", lambda cfg: built.append(cfg.asr.model))
+    page_module.prepare_run(str(_fabricate_run(isolated_dirs, name="plain")))
+    hub = _fabricate_run(isolated_dirs, name="hub", asr__backend="whisper")
+    page_module.prepare_run(str(hub))
+    assert built == []  # a hub Whisper loads on the first spoken query; the offline recogniser builds its own
+    rehearsal = _fabricate_run(isolated_dirs, name="rehearsal", asr__backend="whisper",
+                               asr__model="random:openai/whisper-small.en")
+    monkeypatch.delenv("VOILA_PREHEAT", raising=False)
+    assert page_module.preheat(str(rehearsal)) is None  # papermill's RUN: build, load nothing
+    assert built == ["random:openai/whisper-small.en"]
+
+
 def test_pooled_kernel_warms_the_run_then_serves_its_visitor_with_it(isolated_dirs, monkeypatch):
     run_dir = _fabricate_run(isolated_dirs, name="warm")
     other = _fabricate_run(isolated_dirs, name="other")

@@ -103,3 +103,11 @@ def test_a_label_aware_loss_that_would_train_like_infonce_is_refused():
     assert "trains exactly like infonce" in message and "same_labels" in message and "\n" not in message
     assert "got {" not in message  # the rule's message, not the whole train section
     assert config.load("params/smoke.yaml", overrides={"train.loss": "label_aware"}).train.label_aware.same_labels
+
+
+def test_random_weights_lists_the_models_built_with_random_weights():
+    assert config.load("demo").random_weights() == {}
+    cfg = config.load("rehearsal")
+    assert set(cfg.random_weights()) == {"clip.model", "captions.model", "asr.model"}
+    spoken_offline = config.load("rehearsal", overrides={"asr.backend": "pocketsphinx"})
+    assert "asr.model" not in spoken_offline.random_weights()  # a Whisper spec the run never loads is not its model

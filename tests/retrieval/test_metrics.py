@@ -126,7 +126,7 @@ def test_retrieval_table_and_format():
     assert table["Zero-Shot"].tolist() == [10.0, 30.0, 50.0, 20.0, 40.0, 60.0]
     assert table["Fine-Tuned CI high"].tolist() == [90.0] * 6
     text = evaluation.format_table(_result())
-    assert "untrained tiny model" in text and "MRR" in text and "Precision@10" in text
+    assert "untrained: random weights" in text and "MRR" in text and "Precision@10" in text
     assert "untrained" not in evaluation.format_table(_result(untrained=False))
 
 

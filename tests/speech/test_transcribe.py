@@ -68,3 +68,31 @@ def test_whisper_that_cannot_load_is_one_line_not_a_swap(run_cfg, spoken, model,
     with pytest.raises(MissingModelError) as err:
         transcribe(spoken["signs of pneumonia"], cfg)
     assert message in str(err.value) and "asr.model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_whisper_decodes_greedily_and_briefly_unless_told(run_cfg, spoken, monkeypatch):
+    # transformers' ASR pipeline would search 5 beams for up to 256 tokens; a query box uses asr.num_beams (1) and
+    # asr.max_new_tokens
+    from types import SimpleNamespace
+
+    import transformers
+
+    from medxpert_utils.models import whisper
+
+    calls = []
+
+    def fake_pipeline(task, **kwargs):
+        def run(inputs, generate_kwargs):
+            calls.append(generate_kwargs)
+            return {"text": " left pleural effusion "}
+        return run
+
+    monkeypatch.setattr(whisper, "load_whisper", lambda spec, device=None: (
+        SimpleNamespace(device="cpu"), SimpleNamespace(tokenizer=None, feature_extractor=None)))
+    monkeypatch.setattr(transformers, "pipeline", fake_pipeline)
+    cfg = config.load("smoke", run=str(run_cfg.run_dir), overrides={"asr.backend": "whisper"})
+    assert Transcriber(cfg).transcribe(spoken["left pleural effusion"]).text == "left pleural effusion"
+    wide = config.load("smoke", run=str(run_cfg.run_dir), overrides={"asr.backend": "whisper", "asr.num_beams": 5,
+                                                                     "asr.max_new_tokens": 40})
+    Transcriber(wide).transcribe(spoken["left pleural effusion"])
+    assert calls == [{"max_new_tokens": 96, "num_beams": 1}, {"max_new_tokens": 40, "num_beams": 5}]

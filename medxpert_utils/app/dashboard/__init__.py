@@ -16,5 +16,9 @@ __all__ = ["Dashboard", "build_app", "page", "preheat", "run_stage"]
 
 
 def run_stage(cfg: Config) -> ipywidgets.Widget:
-    """The dashboard stage: build the page on the run, as Voilà will serve it (models load on first query)."""
+    """The dashboard stage: build what the page loads that no earlier stage made (:func:`.warm.prepare_run`), then
+    the page on the run, as Voilà will serve it (models load on first query)."""
+    from medxpert_utils.app.dashboard.warm import prepare_run
+
+    prepare_run(str(cfg.run_dir))
     return build_app(cfg.run_dir, warm_up=False)

@@ -55,6 +55,7 @@ from medxpert_utils.app.dashboard.widgets import (
     k_slider,
     model_toggle,
     query_box,
+    random_banner,
     run_picker,
     section,
     status_line,
@@ -171,9 +172,11 @@ class Dashboard:
         self._clear_results(keep_image=False)
         self._set_error("")
         problem = run_problem(self.run_dir, self.model.value)
+        random_weights: dict[str, str] = {}
         if problem is None and self.run_dir is not None:
             try:
-                params = config.from_run(self.run_dir).params
+                cfg = config.from_run(self.run_dir)
+                params, random_weights = cfg.params, cfg.random_weights()
                 board = params.dashboard
                 self.k.value = board.default_k
                 self.max_upload_mb, self.save_uploads = board.max_upload_mb, board.save_uploads
@@ -184,7 +187,7 @@ class Dashboard:
                 problem = str(exc)
         shown = display_run(self.run_dir) if self.run_dir is not None else ""
         self.run_message.value = (f'<span class="mx-error mx-run-problem">{esc(problem)}</span>' if problem else
-                                  f'<span class="mx-note">{esc(shown)}</span>')
+                                  f'<span class="mx-note">{esc(shown)}</span>' + random_banner(random_weights))
         if problem is None and self.run_dir is not None:
             self.assistant = self.assistant_factory(self.run_dir)
         for control in (self.upload, self.clear_button, self.query, self.k, self.model, self.search_button,

@@ -78,7 +78,8 @@ def run_options(selected: Path | None) -> list[tuple[str, str]]:
         state = "finished" if row["finished"] else "unfinished"
         if row["finished"] and keys.run_state(Path(row["path"]), deep=False) != "fresh":
             state = "finished, stale"
-        options.append((f"{row['run']} ({row['profile']}, {state})", str(Path(row["path"]).resolve())))
+        weights = ", random weights" if row.get("random_weights") else ""
+        options.append((f"{row['run']} ({row['profile']}{weights}, {state})", str(Path(row["path"]).resolve())))
     if selected is not None and str(Path(selected).resolve()) not in {v for _, v in options}:
         options.insert(0, (display_run(selected), str(Path(selected).resolve())))
     return options

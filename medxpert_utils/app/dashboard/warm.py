@@ -4,8 +4,9 @@ visitor arrives) and :func:`page` (the dashboard for the visitor who takes that 
 Served with a pool (``dashboard.pool`` > 0, see :mod:`.voila_app`), Voilà runs the notebook in each pooled
 kernel ahead of time: :func:`preheat` loads and runs the default run's models once, then :func:`page` waits
 in :func:`voila.utils.wait_for_request` until a visitor takes the kernel, so the page reads that visitor's
-``?run=NAME``. Without a pool (or under papermill, where ``RUN`` is set) :func:`preheat` loads nothing and
-the served page loads the models in a background thread instead.
+``?run=NAME``. Without a pool :func:`preheat` loads nothing and the served page loads the models in a background
+thread instead; under papermill (stage 06, where ``RUN`` is set) it only builds what the page will load and no
+earlier stage made (:func:`prepare_run`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def preheat(run: str | None = None, model: str = "fine_tuned") -> Assistant | No
     A run that is not ready, or a model that fails to load, leaves nothing warm (the visitor's first query
     then shows the problem as one line); the details go to the server log.
     """
-    if run or not preheated():
+    if run:  # under papermill (stage 06): build what the page loads that no earlier stage made
+        prepare_run(run)
+        return None
+    if not preheated():
         return None
     try:
         run_dir = pick_run(None)
@@ -48,6 +52,20 @@ def preheat(run: str | None = None, model: str = "fine_tuned") -> Assistant | No
     except (UserError, OSError):
         traceback.print_exc(file=sys.__stderr__)
         return None
+
+
+def prepare_run(run: str) -> None:
+    """Build the models the run's page loads that no earlier stage builds: a random-weights Whisper
+    (``asr.model: random:<hub id>``, the rehearsal) is made once into ``models/whisper_base/``."""
+    from medxpert_utils.core import config
+    from medxpert_utils.models import published, whisper
+
+    run_dir = pick_run(run)
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return  # the page says what to run first
+    cfg = config.from_run(run_dir)
+    if cfg.asr.backend == "whisper" and published.is_random(cfg.asr.model):
+        whisper.prepare_model(cfg)
 
 
 def page(run: str | None = None, warm: Assistant | None = None) -> ipywidgets.Widget:

@@ -17,6 +17,16 @@ def header() -> widgets.HTML:
     return widgets.HTML(f'{CSS}<p class="mx-banner mx-disclaimer">{esc(DISCLAIMER)}</p>')
 
 
+def random_banner(random_weights: dict[str, str]) -> str:
+    """A warning for a run whose models have random weights (``random:<hub id>``, the rehearsal), else ""."""
+    if not random_weights:
+        return ""
+    models = ", ".join(spec.split(":", 1)[1] for spec in random_weights.values())
+    return (f'<p class="mx-banner mx-random-weights">Random weights: this run\'s models ({esc(models)}) were built '
+            "from their published configurations with random weights, to rehearse the pipeline at full size. Its "
+            "similar cases, captions and reports mean nothing.</p>")
+
+
 def run_picker(options: list[tuple[str, str]], value: str | None) -> widgets.Dropdown:
     return widgets.Dropdown(options=options, value=value if value in {v for _, v in options} else None,
                             description="Run", layout=widgets.Layout(width="480px"))
