@@ -36,6 +36,15 @@ def accuracy_table(result: dict[str, Any], untrained_base: bool | None = None) -
                         index=pd.Index(list(rows), name="model"))
 
 
+def history_table(result: dict[str, Any]) -> "pd.DataFrame":
+    """The training's record per epoch, figures to 4 decimals; the learning rate as it was (the reference recipe's
+    5e-6 would round to 0)."""
+    import pandas as pd
+
+    table = pd.DataFrame(result["history"]).set_index("epoch")
+    return table.round({c: 4 for c in table.columns if c != "lr"})
+
+
 def selection_table(result: dict[str, Any]) -> "pd.DataFrame":
     """Per ``train.select_by`` criterion: the epoch it would keep and that epoch's validation figures; the row of
     the criterion this run used is marked. Recomputed from the recorded history, so no retraining is needed."""

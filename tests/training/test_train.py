@@ -182,6 +182,14 @@ def test_selection_criteria_on_a_hand_made_history():
     assert table["used"].to_dict() == {"val_i2t_acc": False, "val_loss": False, "val_mean_r10": True}
 
 
+def test_history_table_keeps_a_small_learning_rate():
+    history = [{"epoch": 1, "step": 8, "train_loss": 2.78241, "lr": 5e-6}, {"epoch": 2, "step": 16,
+                                                                            "train_loss": 2.74269, "lr": 5e-6}]
+    table = train_compare.history_table({"history": history})
+    assert list(table.index) == [1, 2] and table.loc[1, "train_loss"] == 2.7824
+    assert table.loc[2, "lr"] == 5e-6  # the reference recipe's rate, not rounded away to 0
+
+
 def test_accuracy_table_labels_the_untrained_base():
     metrics = {"val_i2t_acc": 0.2, "val_t2i_acc": 0.1, "val_i2t_r10": 0.6, "val_t2i_r10": 0.5}
     result = {"zero_shot": dict.fromkeys(metrics, 0.01), "best": {**metrics, "step": 40}, "best_epoch": 4,
