@@ -23,6 +23,7 @@ Each command's wall time and peak memory (the sum over its processes, sampled) g
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -90,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         assert (cfg.paths.clip_finetuned / "model.safetensors").is_file()
         checks[run] = {"processes": trained["processes"], "steps": trained["steps"],
                        "train_loss": [h.get("train_loss") for h in trained["history"]]}
-    # the same seed, data and global batches: Accelerate's launcher and torchrun train alike
-    assert checks["rehearsal_ddp"]["train_loss"] == checks["rehearsal_torchrun"]["train_loss"], checks
+    # the same seed, data and global batches: Accelerate's launcher and torchrun train alike (up to the order in
+    # which the processes' gradients are summed)
+    for a, b in zip(checks["rehearsal_ddp"]["train_loss"], checks["rehearsal_torchrun"]["train_loss"], strict=True):
+        assert math.isclose(a, b, rel_tol=1e-4), checks
     cfg = config.load(args.params, "rehearsal_ddp")
     for model in ("zero_shot", "fine_tuned"):
         stats = io.read_json(cfg.paths.embeddings(model) / "cache_key.json")["stats"]
