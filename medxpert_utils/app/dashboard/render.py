@@ -81,6 +81,7 @@ CSS = """<style>
 .mx-tag{display:inline-block;background:#e7f0fa;border-radius:3px;padding:0 4px;margin:1px;font-size:85%}
 .mx-tag.mx-neg{background:#eee;color:#666;text-decoration:line-through}
 .mx-tag.mx-unc{background:#fdf1dc}
+.mx-report,.mx-heard,.mx-caption{overflow-wrap:anywhere}
 .mx-report table{border-collapse:collapse;margin:4px 0}
 .mx-report a,.mx-download{color:#1a5fb4;text-decoration:underline}
 .mx-report td,.mx-report th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
