@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,30 +23,32 @@ sys.path.insert(0, str(ROOT))
 from medxpert_utils.core import config, io  # noqa: E402
 from medxpert_utils.data import manifest  # noqa: E402
 from medxpert_utils.speech.synth import synthesise  # noqa: E402
-from tests.e2e.dashboard_load import Server, Visit, _chromium, ask, ask_image, free_port, memory, open_page  # noqa: E402
+from tests.e2e.dashboard_load import (  # noqa: E402
+    Server,
+    Visit,
+    ask,
+    ask_image,
+    chromium,
+    free_port,
+    memory,
+    open_page,
+    upload,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPOKEN = "left pleural effusion"
 
 
 async def upload_audio(page, wav: Path, timeout_s: float) -> tuple[float, str]:
-    """Upload a spoken question; returns (seconds to the answer, what the page heard)."""
-    await page.evaluate("document.querySelectorAll('.mx-done, .mx-message, .mx-ood').forEach(e => e.remove())")
-    async with page.expect_file_chooser(timeout=timeout_s * 1000) as chooser:
-        await page.locator(".widget-upload", has_text="Upload audio").click()
-    start = time.perf_counter()
-    await (await chooser.value).set_files({"name": wav.name, "mimeType": "audio/wav", "buffer": wav.read_bytes()})
-    # a random recogniser's words may read unlike the run's reports: the query check's banner is an answer too
-    await page.wait_for_function("document.querySelector('.mx-done, .mx-message, .mx-ood') !== null",
-                                 timeout=timeout_s * 1000)
-    elapsed = time.perf_counter() - start
-    if await page.locator(".mx-message").count():
-        raise RuntimeError(f"the page shows an error: {await page.locator('.mx-message').inner_text()}")
+    """Upload a spoken question; returns (seconds to the answer, what the page heard). A random recogniser's words
+    may read unlike the run's reports: the query check's banner is an answer too."""
+    elapsed = await upload(page, "Upload audio", wav.name, "audio/wav", wav.read_bytes(), timeout_s,
+                           answers=".mx-done, .mx-message, .mx-ood")
     return elapsed, (await page.locator(".mx-transcript").inner_text()).strip()
 
 
 async def visit(url: str, image: tuple[str, bytes], wav: Path, shot: Path, timeout_s: float) -> dict:
-    async with _chromium() as browser:
+    async with chromium() as browser:
         context = await browser.new_context(viewport={"width": 1280, "height": 1600})
         result = Visit(0, "signs of pneumonia?")
         page = await open_page(context, url, timeout_s, result)

@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from medxpert_utils.app.pipeline import PeakMemory
 from medxpert_utils.core import config, io
+from medxpert_utils.core.memory import PeakMemory
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "rehearse_multiprocess.json"

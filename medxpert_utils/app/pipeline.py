@@ -28,23 +28,20 @@ import functools
 import multiprocessing
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medxpert_utils.core import keys, runs
 from medxpert_utils.core.config import Config, load
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.core.memory import PeakMemory, sample_running
 from medxpert_utils.core.stages import FORCE_ENV, NOTEBOOKS_DIR, STAGES, Registry, Stage, get, select, waits_for
 
-if TYPE_CHECKING:
-    import psutil
-
-__all__ = ["NOTEBOOKS_DIR", "ChainFailed", "PeakMemory", "kernel_manager_class", "run_chain", "short_reason"]
+__all__ = ["NOTEBOOKS_DIR", "ChainFailed", "kernel_manager_class", "run_chain", "short_reason"]
 
 Overrides = Mapping[str, object]
 
@@ -263,139 +260,6 @@ def _execute(notebook: str, out: str, parameters: Mapping[str, object], kernel: 
     return _Outcome(reason, memory.peak_rss_mb, memory.peak_rss_tree_mb)
 
 
-_MB = 2**20
-_INTERVAL_S = 0.25  # how often PeakMemory looks
-_SAMPLERS: set[PeakMemory] = set()  # running in this process; the kernel manager has them look before a shutdown
-_SAMPLERS_LOCK = threading.Lock()
-
-
-def _sample_running() -> None:
-    with _SAMPLERS_LOCK:
-        samplers = list(_SAMPLERS)
-    for sampler in samplers:
-        sampler.sample()
-
-
-class PeakMemory:
-    """Peak memory of a process started by ``root`` (default: this process) while the ``with`` block runs.
-
-    A thread looks every ``interval`` seconds (default 0.25), and the chain's kernel manager once more just before
-    it shuts the kernel down (:func:`kernel_manager_class`). The process watched is the first descendant of
-    ``root``, started since the block began, whose command line runs ipykernel; until one does, the largest such
-    child. Results in MB (2**20 bytes), one decimal, None when nothing could be measured (psutil missing, the
-    process gone before the first look):
-
-    * ``peak_rss_mb``: its own peak resident set: Linux's ``VmHWM`` (monotonic, so the last reading is the peak
-      until then); elsewhere the largest RSS seen (``peak_wset`` on Windows);
-    * ``peak_rss_tree_mb``: the largest sum of the current RSS of it and all its descendants seen.
-    """
-
-    def __init__(self, root: int | None = None, interval: float | None = None):
-        self.root = os.getpid() if root is None else root
-        self.interval = _INTERVAL_S if interval is None else interval
-        self._peak: int | None = None
-        self._tree: int | None = None
-        self._process: psutil.Process | None = None
-        self._is_kernel = False
-        self._before: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def peak_rss_mb(self) -> float | None:
-        return None if self._peak is None else round(self._peak / _MB, 1)
-
-    @property
-    def peak_rss_tree_mb(self) -> float | None:
-        return None if self._tree is None else round(self._tree / _MB, 1)
-
-    def __enter__(self) -> PeakMemory:
-        try:
-            import psutil
-
-            self._before = {p.pid for p in psutil.Process(self.root).children(recursive=True)}
-        except Exception:  # no psutil, or no such root: nothing to measure, the notebook runs all the same
-            return self
-        with _SAMPLERS_LOCK:
-            _SAMPLERS.add(self)
-        self._thread = threading.Thread(target=self._run, name="medxpert-peak-memory", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with _SAMPLERS_LOCK:
-            _SAMPLERS.discard(self)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def sample(self) -> None:
-        """Look once (never raises: a process that ends meanwhile is simply not counted)."""
-        import psutil
-
-        with self._lock:
-            try:
-                process = self._find()
-                if process is None:
-                    return
-                own = _peak_bytes(process)
-                tree = process.memory_info().rss
-                for child in process.children(recursive=True):
-                    try:
-                        tree += child.memory_info().rss
-                    except psutil.Error:
-                        pass
-            except (psutil.Error, OSError, ValueError):
-                return
-            if own is not None:
-                self._peak = own if self._peak is None else max(self._peak, own)
-            self._tree = tree if self._tree is None else max(self._tree, tree)
-
-    def _find(self) -> psutil.Process | None:
-        import psutil
-
-        if self._process is not None and self._is_kernel and self._process.is_running():
-            return self._process
-        root = psutil.Process(self.root)
-        new = [p for p in root.children(recursive=True) if p.pid not in self._before]
-        for process in new:
-            try:
-                command = " ".join(process.cmdline())
-            except psutil.Error:
-                continue
-            if "ipykernel" in command:
-                self._process, self._is_kernel = process, True
-                return process
-        sizes = []
-        for process in new:
-            try:
-                if process.ppid() == self.root:
-                    sizes.append((process.memory_info().rss, process.pid, process))
-            except psutil.Error:
-                pass
-        self._process = max(sizes, key=lambda size: size[:2])[2] if sizes else self._process
-        return self._process
-
-
-def _peak_bytes(process: psutil.Process) -> int | None:
-    """The process's peak resident set so far, in bytes (None once it has exited: a zombie has no VmHWM)."""
-    if sys.platform.startswith("linux"):
-        with open(f"/proc/{process.pid}/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # in kB
-        return None
-    info = process.memory_info()
-    return int(getattr(info, "peak_wset", None) or info.rss)
-
-
 class ChainFailed(UserError):
     def __init__(self, stage: str, notebook: Path, reason: str):
         super().__init__(f"{stage} failed: {reason} - open {notebook}")
@@ -457,7 +321,7 @@ def kernel_manager_class() -> type:
 
         # AsyncKernelManager's shutdown_kernel is a coroutine; KernelManager's typing says a plain method
         async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:  # type: ignore[override]
-            _sample_running()  # the kernel's VmHWM as late as it can be read: after its last cell, before it exits
+            sample_running()  # the kernel's VmHWM as late as it can be read: after its last cell, before it exits
             await super().shutdown_kernel(now=now, restart=restart)
 
     return IPCKernelManager

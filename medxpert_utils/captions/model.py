@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from medxpert_utils.core import io, stages
 from medxpert_utils.core.errors import MissingModelError, UserError
+from medxpert_utils.models import published
 from medxpert_utils.models.blip import (
-    builds_base,
     load_blip,
     model_specs,
     prepare_base_model,
@@ -125,7 +125,7 @@ def caption_split(cfg: "Config", split: str = "test", models: Sequence[str] | No
         keep.append(row)
     if not keep:
         raise UserError(f"no images in the {split} split to caption - check data.split and the manifest")
-    if builds_base(cfg.captions.model):
+    if published.builds_in_run(cfg.captions.model):
         prepare_base_model(cfg)
     out = []
     for name in models or available_models(cfg):

@@ -9,7 +9,8 @@ import numpy as np
 
 from medxpert_utils.core import io
 from medxpert_utils.data.label_metrics import label_f1
-from medxpert_utils.models.blip import builds_base, model_specs
+from medxpert_utils.models import published
+from medxpert_utils.models.blip import model_specs
 from medxpert_utils.models.chexbert import chexbert_f1
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def score_run(cfg: "Config", frame: "pd.DataFrame", training: dict | None = None
     for name, group in frame.groupby("model", sort=False):
         scores = score_captions(group["caption"].tolist(), group["reference"].tolist())
         scores["model"] = specs.get(name, name)
-        scores["untrained"] = name == "base" and builds_base(cfg.captions.model)
+        scores["untrained"] = name == "base" and published.builds_in_run(cfg.captions.model)
         scores["chexbert"] = chexbert_f1(group["caption"].tolist(), group["reference"].tolist(), cfg.eval.chexbert,
                                          cfg.device if cfg.device != "auto" else None)
         result["models"][name] = scores

@@ -142,11 +142,6 @@ def undecodable_ids(model: Any, tokenizer: Any) -> list[int]:
     return published.suppressed_ids(int(model.config.text_config.vocab_size), len(tokenizer))
 
 
-def builds_base(spec: str) -> bool:
-    """True when the base captioner is built inside the run (``tiny`` or ``random:<hub id>``) rather than loaded."""
-    return spec == TINY or published.is_random(spec)
-
-
 def base_note(spec: str) -> str:
     """What follows a base captioner's spec in tables: the tiny or random-weights label, or ""."""
     return published.untrained_note(spec, "BLIP")
@@ -172,22 +167,18 @@ def prepare_base_model(cfg: "Config") -> str:
     import transformers
 
     spec = cfg.captions.model
-    if not builds_base(spec):
+    if not published.builds_in_run(spec):
         return spec
-    hub_id = published.published(spec, "blip", "captions.model")[0] if spec != TINY else ""
+    hub_id = published.hub_id(spec, "blip", "captions.model") if spec != TINY else ""
     out = cfg.paths.blip_base
     reports = _split_reports(cfg)
-    size: Any = cfg.captions.tiny.model_dump(mode="json") if spec == TINY else {"random": spec}
-    key = {"train_reports_sha256": hashlib.sha256("\n\x00".join(reports).encode()).hexdigest(),
-           "tiny": size, "max_length": text_max_length(cfg),
+    built = {"tiny": cfg.captions.tiny.model_dump(mode="json")} if spec == TINY else {"random": spec}
+    key = {"train_reports_sha256": hashlib.sha256("\n\x00".join(reports).encode()).hexdigest(), **built,
+           "max_length": text_max_length(cfg),
            "seed": cfg.seed, "transformers": transformers.__version__, "builder": TINY_BUILDER_VERSION}
-    if spec == TINY:
-        def build() -> Path:
-            return build_tiny_blip(cfg.captions.tiny, reports, out, cfg.seed, text_max_length(cfg))
-    else:
-        def build() -> Path:
-            return build_random_blip(hub_id, reports, out, cfg.seed, text_max_length(cfg))
-    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), key, build)
+    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), key,
+                          lambda: build_tiny_blip(cfg.captions.tiny, reports, out, cfg.seed, text_max_length(cfg))
+                          if spec == TINY else build_random_blip(hub_id, reports, out, cfg.seed, text_max_length(cfg)))
 
 
 def load_blip(spec: str | os.PathLike, device: Any = None) -> tuple["BlipForConditionalGeneration", "BlipProcessor"]:
@@ -199,7 +190,7 @@ def load_blip(spec: str | os.PathLike, device: Any = None) -> tuple["BlipForCond
 
 def model_specs(cfg: "Config") -> dict[str, str]:
     """The captioners a run can have: ``base`` (hub id or tiny folder) and ``fine_tuned`` (``models/blip/``)."""
-    base = str(cfg.paths.blip_base) if builds_base(cfg.captions.model) else cfg.captions.model
+    base = str(cfg.paths.blip_base) if published.builds_in_run(cfg.captions.model) else cfg.captions.model
     return {"base": base, "fine_tuned": str(cfg.paths.blip)}
 
 

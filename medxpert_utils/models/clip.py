@@ -147,11 +147,6 @@ def build_random_clip(hub_id: str, reports: Iterable[str], out_dir: str | os.Pat
     return save_pretrained(model, processor, out_dir)
 
 
-def builds_base(spec: str) -> bool:
-    """True when the base model is built inside the run (``tiny`` or ``random:<hub id>``) rather than loaded."""
-    return spec == TINY or published.is_random(spec)
-
-
 def _train_reports(cfg: "Config") -> list[str]:
     from medxpert_utils.data import manifest
 
@@ -163,9 +158,9 @@ def _base_key(cfg: "Config", reports: list[str]) -> dict[str, Any]:
     import transformers
 
     digest = hashlib.sha256("\n\x00".join(reports).encode("utf-8")).hexdigest()
-    size: Any = cfg.clip.tiny.model_dump(mode="json") if cfg.clip.model == TINY else {
+    built: dict[str, Any] = {"tiny": cfg.clip.tiny.model_dump(mode="json")} if cfg.clip.model == TINY else {
         "random": cfg.clip.model, "max_length": cfg.clip.max_length, "vocab_target": RANDOM_VOCAB_TARGET}
-    return {"train_reports_sha256": digest, "n_reports": len(reports), "tiny": size,
+    return {"train_reports_sha256": digest, "n_reports": len(reports), **built,
             "seed": cfg.seed, "transformers": transformers.__version__}
 
 
@@ -177,29 +172,25 @@ def prepare_base_model(cfg: "Config") -> str:
     while the reports, sizes and seed stay the same (a key file beside the folder records them).
     """
     spec = cfg.clip.model
-    if not builds_base(spec):
+    if not published.builds_in_run(spec):
         return spec
-    hub_id = published.published(spec, "clip", "clip.model")[0] if spec != TINY else ""
+    hub_id = published.hub_id(spec, "clip", "clip.model") if spec != TINY else ""
     out = cfg.paths.clip_base
     reports = _train_reports(cfg)
-    if spec == TINY:
-        def build() -> Path:
-            return build_tiny_clip(cfg.clip.tiny, reports, out, cfg.seed)
-    else:
-        def build() -> Path:
-            return build_random_clip(hub_id, reports, out, cfg.seed, cfg.clip.max_length)
-    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), _base_key(cfg, reports), build)
+    return reuse_or_build(out, out.with_name(BASE_KEY_NAME), _base_key(cfg, reports),
+                          lambda: build_tiny_clip(cfg.clip.tiny, reports, out, cfg.seed) if spec == TINY else
+                          build_random_clip(hub_id, reports, out, cfg.seed, cfg.clip.max_length))
 
 
 def model_specs(cfg: "Config") -> dict[str, str]:
     """Specs of the two models stages compare: the zero-shot base and the fine-tuned folder (no side effects)."""
-    base = str(cfg.paths.clip_base) if builds_base(cfg.clip.model) else cfg.clip.model
+    base = str(cfg.paths.clip_base) if published.builds_in_run(cfg.clip.model) else cfg.clip.model
     return {"zero_shot": base, "fine_tuned": str(cfg.paths.clip_finetuned)}
 
 
 def is_untrained_base(cfg: "Config") -> bool:
     """True when the zero-shot model has random weights (the tiny CLIP, or ``random:<hub id>``): tables say so."""
-    return builds_base(cfg.clip.model)
+    return published.builds_in_run(cfg.clip.model)
 
 
 def count_parameters(model: "torch.nn.Module") -> dict[str, int]:

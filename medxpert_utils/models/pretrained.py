@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medxpert_utils.core import io, stages
+from medxpert_utils.core.config import RANDOM_PREFIX
 from medxpert_utils.core.errors import MissingModelError, UserError
 
 TINY = "tiny"
@@ -92,7 +93,7 @@ def load_pretrained(spec: str | os.PathLike, model_cls: Any, processor_cls: Any,
     from medxpert_utils.core import runtime
 
     text = os.fspath(spec).strip()
-    if text == TINY or text.startswith("random:"):
+    if text == TINY or text.startswith(RANDOM_PREFIX):
         raise UserError(f"{kind.param} '{text}' is not a model to load: it is built from the training reports by "
                         f"{kind.builder} ({kind.source()}) - load that folder")
     path = Path(text).expanduser()

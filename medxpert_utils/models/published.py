@@ -22,6 +22,7 @@ from typing import Any
 
 from medxpert_utils.core.config import RANDOM_PREFIX
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.models.pretrained import TINY
 
 # The openai/CLIP image normalisation, published with both CLIP and BLIP's image processors.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -89,15 +90,21 @@ def is_random(spec: object) -> bool:
     return isinstance(spec, str) and spec.strip().startswith(RANDOM_PREFIX)
 
 
-def published(spec: str, family: str, param: str) -> tuple[str, Published]:
-    """The hub id and published configuration a ``random:`` spec names; one line naming the choices otherwise."""
-    hub_id = spec.strip()[len(RANDOM_PREFIX):].strip()
-    entry = PUBLISHED.get(hub_id)
+def builds_in_run(spec: str) -> bool:
+    """True when a spec names a model built inside the run (``tiny``, or ``random:<hub id>``) rather than loaded."""
+    return spec.strip() == TINY or is_random(spec)
+
+
+def hub_id(spec: str, family: str, param: str) -> str:
+    """The hub id a ``random:`` spec names, when its published configuration is held; one line naming the choices
+    otherwise."""
+    name = spec.strip()[len(RANDOM_PREFIX):].strip()
+    entry = PUBLISHED.get(name)
     if entry is None or entry.family != family:
         known = ", ".join(f"{RANDOM_PREFIX}{k}" for k, v in PUBLISHED.items() if v.family == family)
-        raise UserError(f"{param} '{spec}': no published {family.upper()} configuration is held for '{hub_id}' - "
+        raise UserError(f"{param} '{spec}': no published {family.upper()} configuration is held for '{name}' - "
                         f"use {known}")
-    return hub_id, entry
+    return name
 
 
 def describe(spec: str) -> str:
@@ -131,7 +138,7 @@ def suppressed_ids(vocab_size: int, tokenizer_size: int) -> list[int]:
 def untrained_note(spec: str, name: str) -> str:
     """What a table adds after a base model's spec: the tiny model's or a random-weights model's label, else ""."""
     text = spec.strip()
-    if text == "tiny":
+    if text == TINY:
         return f" (untrained tiny {name} built from config)"
     if is_random(text):
         return f" ({describe(text)})"

@@ -92,7 +92,7 @@ def prepare_model(cfg: "Config") -> str:
     spec = cfg.asr.model
     if not published.is_random(spec):
         return spec
-    hub_id = published.published(spec, "whisper", "asr.model")[0]
+    hub_id = published.hub_id(spec, "whisper", "asr.model")
     from medxpert_utils.data import manifest
 
     frame = manifest.read(cfg.run_dir)

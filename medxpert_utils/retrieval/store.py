@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from medxpert_utils.core import io
+from medxpert_utils.core import hashing, io
 from medxpert_utils.core.errors import RunNotReadyError
 
 if TYPE_CHECKING:  # pandas loads where tables are built or read whole; a query reads its rows with read_columns
@@ -45,7 +45,6 @@ META_COLUMNS = ("study_id", "image_path", "report", "split")
 _HASH_CHUNK = 1 << 22
 # The model folder's digest and the stamp of its files, kept in the folder (a dot file: not hashed itself)
 FINGERPRINT_FILE = ".medxpert-fingerprint.json"
-_RACY_NS = 2 * 10**9  # files changed this recently before a hash are not trusted to keep their stamp
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -135,9 +134,9 @@ def _hash_folder(folder: Path) -> str:
     if stored is not None:
         return stored
     digest = _hash_files(str(folder.resolve()), stamp)
-    # Remember it only for files older than the hashing (git's "racily clean" rule): a file rewritten in the same
-    # clock tick as its stamp, with the same size, would otherwise keep the old digest for good.
-    if all(mtime < started - _RACY_NS for _, _, mtime in stamp) and _stamp(folder, files) == stamp:
+    # Remember it only for files settled before the hashing began (core.hashing's rule): a file rewritten within
+    # the same clock tick as its stamp, with the same size, would otherwise keep the old digest for good.
+    if all(mtime < started - hashing.SETTLE_NS for _, _, mtime in stamp) and _stamp(folder, files) == stamp:
         _store_digest(folder, stamp, digest)
     return digest
 

@@ -10,6 +10,7 @@ import pytest
 
 from medxpert_utils.app import pipeline
 from medxpert_utils.core import keys, runs, stages
+from medxpert_utils.core import memory as memory_module
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.stages import Stage
 
@@ -268,20 +269,6 @@ def test_parallel_must_be_positive(fake_chain, isolated_dirs):
         pipeline.run_chain("params/demo.yaml", run="p0", parallel=0, log=lambda m: None, registry=fake_chain)
 
 
-def test_peak_memory_of_a_process_started_meanwhile():
-    import subprocess
-    import sys
-
-    with pipeline.PeakMemory() as memory:
-        subprocess.run([sys.executable, "-c", "import time\nb = b'x' * (200 * 2**20)\ntime.sleep(1)"], check=True)
-    assert memory.peak_rss_mb is not None and memory.peak_rss_mb >= 200
-    assert memory.peak_rss_tree_mb is not None and memory.peak_rss_tree_mb >= 200
-    assert memory.peak_rss_mb == round(memory.peak_rss_mb, 1)
-    with pipeline.PeakMemory() as nothing:  # no process started: nothing measured
-        pass
-    assert nothing.peak_rss_mb is None and nothing.peak_rss_tree_mb is None
-
-
 _BIG = """import subprocess, sys, time
 from pathlib import Path
 import numpy as np
@@ -342,7 +329,7 @@ def test_the_kernels_peak_is_read_once_more_just_before_it_shuts_down(tmp_path, 
     folder = tmp_path / "brief"
     folder.mkdir()
     _notebook(folder / "00_brief.ipynb", "import numpy as np\na = np.ones(300 * 2**20 // 8)\na.sum()\ndel a\n")
-    monkeypatch.setattr(pipeline, "_INTERVAL_S", 600.0)
+    monkeypatch.setattr(memory_module, "_INTERVAL_S", 600.0)
     pipeline.run_chain("params/demo.yaml", run="brief", parallel=1, log=lambda m: None,  # sampled in this process
                        registry=(_stage(folder, "00_brief"),))
     record = runs.read(isolated_dirs / "brief")["stages"]["00_brief"]

@@ -243,25 +243,32 @@ async def ask(page, query: str, timeout_s: float) -> tuple[float, str]:
     return elapsed, await page.locator(".mx-done").first.inner_text()
 
 
+async def upload(page, button: str, name: str, mime: str, content: bytes, timeout_s: float,
+                 answers: str = ".mx-done, .mx-message") -> float:
+    """Choose a file with the page's ``button`` and wait for one of ``answers`` to show; returns the seconds from
+    choosing the file. An error line on the page raises."""
+    await page.evaluate(f"document.querySelectorAll('{answers}').forEach(e => e.remove())")
+    async with page.expect_file_chooser(timeout=timeout_s * 1000) as chooser:
+        await page.locator(".widget-upload", has_text=button).click()
+    start = time.perf_counter()
+    await (await chooser.value).set_files({"name": name, "mimeType": mime, "buffer": content})
+    await page.wait_for_function(f"document.querySelector('{answers}') !== null", timeout=timeout_s * 1000)
+    elapsed = time.perf_counter() - start
+    if await page.locator(".mx-message").count():
+        raise RuntimeError(f"the page shows an error: {await page.locator('.mx-message').inner_text()}")
+    return elapsed
+
+
 async def ask_image(page, name: str, content: bytes, timeout_s: float) -> tuple[float, str]:
     """Upload an image (the page searches, captions, reports and locates findings), wait for the answer; returns
     (seconds from choosing the file to the answer, the page's timing line)."""
     await page.locator("textarea").fill("")
-    await page.evaluate("document.querySelectorAll('.mx-done, .mx-message').forEach(e => e.remove())")
-    async with page.expect_file_chooser(timeout=timeout_s * 1000) as chooser:
-        await page.locator(".widget-upload", has_text="Upload X-ray").click()
-    start = time.perf_counter()
-    await (await chooser.value).set_files({"name": name, "mimeType": "image/png", "buffer": content})
-    await page.wait_for_function("document.querySelector('.mx-done, .mx-message') !== null",
-                                 timeout=timeout_s * 1000)
-    elapsed = time.perf_counter() - start
-    if await page.locator(".mx-message").count():
-        raise RuntimeError(f"the page shows an error: {await page.locator('.mx-message').inner_text()}")
+    elapsed = await upload(page, "Upload X-ray", name, "image/png", content, timeout_s)
     return elapsed, await page.locator(".mx-done").first.inner_text()
 
 
 @asynccontextmanager
-async def _chromium() -> AsyncIterator:
+async def chromium() -> AsyncIterator:
     """Headless system Chromium with the project's flags (never a downloaded browser)."""
     from playwright.async_api import async_playwright
 
@@ -274,7 +281,7 @@ async def _chromium() -> AsyncIterator:
 
 
 async def _single(url: str, images: Sequence[tuple[str, bytes]], timeout_s: float) -> dict:
-    async with _chromium() as browser:
+    async with chromium() as browser:
         context = await browser.new_context(viewport={"width": 1280, "height": 1400})
         result = Visit(0, QUERIES[0])
         page = await open_page(context, url, timeout_s, result)
@@ -307,7 +314,7 @@ async def visit(browser, url: str, user: int, query: str, timeout_s: float, clos
 
 
 async def _crowd(url: str, users: int, timeout_s: float, extra: int) -> tuple[list[Visit], list[Visit]]:
-    async with _chromium() as browser:
+    async with chromium() as browser:
         outcomes = await asyncio.gather(*[visit(browser, url, i, QUERIES[i % len(QUERIES)], timeout_s, close=False)
                                           for i in range(users)])
         late = []
@@ -326,7 +333,7 @@ def crowd(url: str, users: int, timeout_s: float = 120.0, extra: int = 0) -> tup
 
 
 async def _one_by_one(url: str, users: int, timeout_s: float) -> list[Visit]:
-    async with _chromium() as browser:
+    async with chromium() as browser:
         return [(await visit(browser, url, i, QUERIES[i % len(QUERIES)], timeout_s))[0] for i in range(users)]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from medxpert_utils.core import config, runs
 from medxpert_utils.core.errors import UserError
-from medxpert_utils.models import blip, clip, published, whisper
+from medxpert_utils.models import blip, clip, published
 
 
 @pytest.fixture(scope="module")
@@ -109,5 +109,7 @@ def test_random_spec_is_never_loaded_as_a_hub_model():
     with pytest.raises(UserError, match="is not a model to load: it is built from the training reports"):
         clip.load_clip("random:openai/clip-vit-base-patch32")
     with pytest.raises(UserError, match="no published CLIP configuration is held for 'openai/clip-vit-large'"):
-        published.published("random:openai/clip-vit-large", "clip", "clip.model")
-    assert whisper.prepare_model.__doc__
+        published.hub_id("random:openai/clip-vit-large", "clip", "clip.model")
+    with pytest.raises(UserError, match="no published BLIP configuration .* use random:Salesforce/blip-image-"):
+        published.hub_id("random:openai/clip-vit-base-patch32", "blip", "captions.model")  # held, but not a BLIP
+    assert published.hub_id(" random:openai/whisper-small.en ", "whisper", "asr.model") == "openai/whisper-small.en"
