@@ -54,7 +54,7 @@ done
 # takes seconds, and a rerun with every stage up to date should take about that long in all).
 CHECK_MODULES='torch transformers tokenizers datasets faiss pandas pyarrow PIL pydicom seaborn sklearn scipy sacrebleu
 rouge_score simple_icd_10_cm google.genai papermill nbformat ipykernel ipywidgets voila accelerate pydantic yaml tqdm av
-pocketsphinx anywidget jiwer filelock'
+pocketsphinx anywidget jiwer filelock onnxruntime onnx moonshine_cpp'
 TEST_MODULES='pytest playwright.sync_api importlinter ruff mypy'
 
 have_deps() {

@@ -314,9 +314,11 @@ class QueryCheckParams(_Section):
                                 description="Mean chroma (0..1) above which an image is a colour picture, not a "
                                             "radiograph.")
 class AsrParams(_Section):
-    backend: Literal["pocketsphinx", "whisper"] = Field(
-        "pocketsphinx", description="Speech recogniser for spoken queries: pocketsphinx (offline, the run's language "
-                                    "model) or whisper (asr.model through transformers).")
+    backend: Literal["pocketsphinx", "hybrid", "whisper"] = Field(
+        "hybrid", description="Speech recogniser for spoken queries: hybrid (offline: Moonshine base hears everyday "
+                              "words, PocketSphinx with the run's language model chooses between them and the run's "
+                              "medical words), pocketsphinx (offline, the run's language model only) or whisper "
+                              "(asr.model through transformers).")
     model: str = Field("openai/whisper-small.en",
                        description="Whisper hub id or save_pretrained folder (backend whisper); random:<hub id> "
                                    "builds that model's published architecture with random weights (rehearsal).")
@@ -324,6 +326,10 @@ class AsrParams(_Section):
                                                               "speech is about 90 words).")
     num_beams: int = Field(1, ge=1, le=10, description="whisper: beam width (1: greedy, what a query box can wait "
                                                        "for on a CPU; transformers' pipeline would otherwise use 5).")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="Words heard with a lower confidence (0..1) are "
+                                  "marked in the transcript; a side or level word (left, right, bilateral, upper, "
+                                  "middle, lower) below it, or heard differently by the second hypothesis, is asked "
+                                  "about before searching.")
     max_seconds: float = Field(30.0, gt=0, description="Longest accepted spoken query in seconds.")
     max_mb: float = Field(10.0, gt=0, description="Largest accepted audio file in megabytes.")
 

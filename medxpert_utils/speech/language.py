@@ -22,9 +22,9 @@ _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fi
 SIDES = ("left", "right", "bilateral")
 ASKING = ("{f}", "{f}?", "signs of {f}", "is there {f}", "is there a {f}", "any {f}", "evidence of {f}", "no {f}",
           "findings of {f}", "show me {f}", "cases with {f}", "rule out {f}", "{s} {f}", "{s} {f}?", "is there {s} {f}",
-          "signs of {s} {f}", "small {f}", "large {f}", "moderate {f}", "small {s} {f}", "large {s} {f}",
-          "{f} on the {s}", "enlarged heart", "normal chest", "normal chest x ray", "no acute findings",
-          "no acute cardiopulmonary process", "clear lungs", "the lungs are clear")
+          "is there a {s} {f}", "signs of {s} {f}", "small {f}", "large {f}", "moderate {f}", "small {s} {f}",
+          "large {s} {f}", "{f} on the {s}", "enlarged heart", "normal chest", "normal chest x ray",
+          "no acute findings", "no acute cardiopulmonary process", "clear lungs", "the lungs are clear")
 
 
 def number_words(n: int) -> str:

@@ -19,33 +19,27 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from medxpert_utils.core.errors import AudioError, UserError
 from medxpert_utils.speech.audio import RATE, Audio, load_audio
+from medxpert_utils.speech.transcript import Transcript, Word, questions
 
 if TYPE_CHECKING:
     from medxpert_utils.core.config import Config
 
-BACKENDS = ("pocketsphinx", "whisper")
+BACKENDS = ("pocketsphinx", "hybrid", "whisper")
 PAD_SECONDS = 0.3  # quiet lead-in and tail: PocketSphinx misses a first word that starts on the first frame
 
 
-@dataclass(frozen=True)
-class Transcript:
-    """What was heard: the text, the backend (and model) that heard it, the audio's length and the time it took."""
+class Heard(NamedTuple):
+    """An engine's answer: the transcript's words with their confidences, and a second hypothesis of the same audio
+    (normalised words; empty where the backend has none) against which side and level words are checked."""
 
-    text: str
-    backend: str
-    seconds: float  # length of the audio
-    elapsed_s: float  # transcription time (decoding the file included)
-    model: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+    words: list[Word]
+    other: list[str]
 
 
 class Transcriber:
@@ -54,19 +48,20 @@ class Transcriber:
     def __init__(self, cfg: Config):
         backend = cfg.asr.backend
         if backend not in BACKENDS:
-            raise UserError(f"unknown asr.backend '{backend}' - choose pocketsphinx or whisper")
+            raise UserError(f"unknown asr.backend '{backend}' - choose {', '.join(BACKENDS)}")
         self.cfg, self.backend = cfg, backend
-        self.engine: Callable[[Audio], str] | None = None
+        self.engine: Callable[[Audio], Heard] | None = None
         self.lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
-        return self.cfg.asr.model if self.backend == "whisper" else "en-us + run language model"
+        return {"whisper": self.cfg.asr.model, "hybrid": "moonshine base-en + en-us with the run language model"}.get(
+            self.backend, "en-us + run language model")
 
-    def load(self) -> Callable[[Audio], str]:
+    def load(self) -> Callable[[Audio], Heard]:
         with self.lock:
             if self.engine is None:
-                self.engine = _whisper(self.cfg) if self.backend == "whisper" else _sphinx(self.cfg)
+                self.engine = {"whisper": _whisper, "hybrid": _hybrid, "pocketsphinx": _sphinx}[self.backend](self.cfg)
             return self.engine
 
     def read(self, source: str | os.PathLike | bytes, name: str | None = None) -> Audio:
@@ -79,12 +74,15 @@ class Transcriber:
         reading = time.perf_counter() - t0
         engine = self.load()  # loading the recogniser (once per run) is not transcription time
         t1 = time.perf_counter()
-        text = " ".join(engine(audio).split())
+        heard = engine(audio)
+        words = [w for w in heard.words if w.text.strip()]
+        text = " ".join(w.text for w in words)
         elapsed = reading + time.perf_counter() - t1
         if not text:
             raise AudioError(f"no words recognised in {audio.name} ({audio.seconds:.1f} s) - speak the query clearly, "
                              "close to the microphone, or type it")
-        return Transcript(text, self.backend, audio.seconds, elapsed, self.model_name)
+        return Transcript(text, self.backend, audio.seconds, elapsed, self.model_name, tuple(words),
+                          questions(words, heard.other, self.cfg.asr.min_confidence))
 
 
 def transcribe(audio: str | os.PathLike | bytes | Audio, cfg: Config) -> Transcript:
@@ -92,25 +90,45 @@ def transcribe(audio: str | os.PathLike | bytes | Audio, cfg: Config) -> Transcr
     return Transcriber(cfg).transcribe(audio)
 
 
-def _sphinx(cfg: Config) -> Callable[[Audio], str]:
+def _reports(cfg: Config) -> list[str]:
     from medxpert_utils.data import manifest
-    from medxpert_utils.speech.sphinx import recognizer_for
 
     frame = manifest.read(cfg.run_dir)
     train = frame[frame["split"] == "train"]
-    reports = [str(t) for col in ("findings", "impression") for t in train[col].dropna() if str(t).strip()]
-    recognizer = recognizer_for(reports, cfg.run_dir / "asr")
-    rng = np.random.default_rng(0)
-    lead = (rng.standard_normal(int(PAD_SECONDS * RATE)) * 1e-3).astype(np.float32)
+    return [str(t) for col in ("findings", "impression") for t in train[col].dropna() if str(t).strip()]
 
-    def run(audio: Audio) -> str:
-        padded = np.concatenate([lead, audio.samples, lead])
-        return recognizer.transcribe(Audio(padded, audio.name).pcm16())
+
+def _padded(audio: Audio) -> bytes:
+    lead = (np.random.default_rng(0).standard_normal(int(PAD_SECONDS * RATE)) * 1e-3).astype(np.float32)
+    return Audio(np.concatenate([lead, audio.samples, lead]), audio.name).pcm16()
+
+
+def _sphinx(cfg: Config) -> Callable[[Audio], Heard]:
+    from medxpert_utils.speech.sphinx import recognizer_for
+
+    recognizer = recognizer_for(_reports(cfg), cfg.run_dir / "asr")
+    return lambda audio: Heard(recognizer.words(_padded(audio)), [])
+
+
+def _hybrid(cfg: Config) -> Callable[[Audio], Heard]:
+    from medxpert_utils.speech import language
+    from medxpert_utils.speech.hybrid import combine, first_words
+    from medxpert_utils.speech.moonshine import Moonshine
+    from medxpert_utils.speech.sphinx import BiasedRecognizer
+
+    first = Moonshine()
+    second = BiasedRecognizer(language.corpus(_reports(cfg)), cfg.run_dir / "asr")
+
+    def run(audio: Audio) -> Heard:
+        heard = first.transcribe(audio.samples)
+        words = second.words(_padded(audio), second.hints(heard.words, heard.confidence))
+        ones = first_words(heard.words, heard.confidence)
+        return Heard(combine(words, ones), [w.text for w in ones])
 
     return run
 
 
-def _whisper(cfg: Config) -> Callable[[Audio], str]:
+def _whisper(cfg: Config) -> Callable[[Audio], Heard]:
     from transformers import pipeline
 
     from medxpert_utils.models.whisper import load_whisper, prepare_model
@@ -122,7 +140,8 @@ def _whisper(cfg: Config) -> Callable[[Audio], str]:
     # explicit: the pipeline's own default is 5 beams and 256 tokens, 2-3x the time of greedy on a CPU.
     kwargs = {"max_new_tokens": cfg.asr.max_new_tokens, "num_beams": cfg.asr.num_beams}
 
-    def run(audio: Audio) -> str:
-        return str(pipe({"raw": audio.samples, "sampling_rate": RATE}, generate_kwargs=kwargs)["text"])
+    def run(audio: Audio) -> Heard:
+        text = str(pipe({"raw": audio.samples, "sampling_rate": RATE}, generate_kwargs=kwargs)["text"])
+        return Heard([Word(w, None) for w in text.split()], [])
 
     return run

@@ -9,13 +9,15 @@ from medxpert_utils.core import config, runs
 from medxpert_utils.core.errors import AudioError, MissingModelError
 from medxpert_utils.speech import Transcriber, transcribe
 from medxpert_utils.speech.synth import synthesise
+from medxpert_utils.speech.transcribe import Heard
+from medxpert_utils.speech.transcript import Word
 from tests.retrieval.test_embed import write_manifest
 
 
 @pytest.fixture(scope="module")
 def run_cfg(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("speech") / "run"
-    cfg = runs.prepare(config.load("smoke", run=str(run_dir)))
+    cfg = runs.prepare(config.load("smoke", run=str(run_dir), overrides={"asr.backend": "pocketsphinx"}))
     write_manifest(cfg, 12, run_dir / "images")
     return cfg
 
@@ -42,11 +44,13 @@ def test_pocketsphinx_hears_the_runs_language(run_cfg, spoken):
     assert transcribe(spoken["signs of pneumonia"].read_bytes(), run_cfg).text == "signs of pneumonia"
     assert models[0].stat().st_mtime_ns == built
     assert heard.to_dict()["backend"] == "pocketsphinx"
+    # each word with its lattice posterior; PocketSphinx alone has no second hypothesis to check sides against
+    assert [w.text for w in heard.words] == heard.text.split() and all(0 <= w.confidence <= 1 for w in heard.words)
 
 
 def test_nothing_heard_is_one_line(run_cfg, spoken):
     transcriber = Transcriber(run_cfg)
-    transcriber.engine = lambda audio: "  "
+    transcriber.engine = lambda audio: Heard([Word("  ", 0.5)], [])
     with pytest.raises(AudioError, match=r"no words recognised in .*left_pleural_effusion.wav \(\d\.\d s\) - speak"):
         transcriber.transcribe(spoken["left pleural effusion"])
 

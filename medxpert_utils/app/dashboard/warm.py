@@ -56,7 +56,8 @@ def preheat(run: str | None = None, model: str = "fine_tuned") -> Assistant | No
 
 def prepare_run(run: str) -> None:
     """Build the models the run's page loads that no earlier stage builds: a random-weights Whisper
-    (``asr.model: random:<hub id>``, the rehearsal) is made once into ``models/whisper_base/``."""
+    (``asr.model: random:<hub id>``, the rehearsal) is made once into ``models/whisper_base/``; the hybrid
+    recogniser's Moonshine is converted once to ONNX (shared by every run, under the data folder)."""
     from medxpert_utils.core import config
     from medxpert_utils.models import published, whisper
 
@@ -66,6 +67,10 @@ def prepare_run(run: str) -> None:
     cfg = config.from_run(run_dir)
     if cfg.asr.backend == "whisper" and published.is_random(cfg.asr.model):
         whisper.prepare_model(cfg)
+    if cfg.asr.backend == "hybrid":
+        from medxpert_utils.speech import moonshine
+
+        moonshine.prepare()
 
 
 def page(run: str | None = None, warm: Assistant | None = None) -> ipywidgets.Widget:
