@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from medxpert_utils.core.errors import QueryRejectedError, UserError
 from medxpert_utils.core.stage import parse_overrides
@@ -22,6 +22,8 @@ from medxpert_utils.retrieval.explain import METHODS
 
 if TYPE_CHECKING:  # each command imports what it uses: `medxpert status` loads no model code
     from medxpert_utils.assistant import Assistant
+    from medxpert_utils.core.config import Config
+    from medxpert_utils.speech.transcript import Transcript
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -56,14 +58,44 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _spoken(assistant: Assistant, args: argparse.Namespace) -> dict | None:
-    """Transcribe ``--audio`` into ``args.text`` (the query); the transcript for the JSON output, or None."""
+    """Transcribe ``--audio`` into ``args.text`` (the query); the transcript for the JSON output, or None.
+
+    A side or level word the recogniser is unsure of stops the command (one line naming the queries it may have
+    been) rather than searching with a guess; words heard with low confidence are marked ``?`` on the heard line.
+    """
     if getattr(args, "audio", None) is None:
         return None
     transcript = assistant.transcribe(args.audio)
+    if transcript.ask:
+        raise UserError(_unsure(transcript))
     args.text = transcript.text
     if not args.json:
-        print(f"heard ({transcript.backend}, {transcript.seconds:.1f} s of audio): {transcript.text}", file=sys.stderr)
+        cfg = cast("Config", assistant.cfg)  # an Assistant made from a run name holds the run's Config
+        low = set(transcript.low_confidence(cfg.asr.min_confidence))
+        heard = " ".join(w.text + ("?" if i in low else "") for i, w in enumerate(transcript.words)) or transcript.text
+        print(f"heard ({transcript.backend}, {transcript.seconds:.1f} s of audio): {heard}", file=sys.stderr)
     return transcript.to_dict()
+
+
+def _unsure(transcript: Transcript) -> str:
+    """One line: what was heard, which side or level word is unsure, and the ``--text`` queries it may have been."""
+    from medxpert_utils.speech.transcript import SIDES
+
+    first, *more = transcript.ask
+    kind = "side" if set(SIDES) & set(first.choices) else "level"
+    names = [c or "none" for c in first.choices]
+    choices = f"{', '.join(names[:-1])} or {names[-1]}?" if len(names) > 1 else f"{names[0]}?"
+    if not first.heard:
+        what = f"a {kind} word may be missing"
+    elif first.reason == "low confidence":
+        what = f"'{first.heard}' was heard with low confidence"
+    else:
+        what = f"'{first.heard}' may have been heard wrongly"
+    others = ", ".join(f"'{q.heard}'" if q.heard else "a missing word" for q in more)
+    also = f"; also unsure: {others}" if more else ""
+    queries = ", ".join(f"'{q}'" for q in transcript.alternatives())
+    return (f"heard '{transcript.text}' but {what} ({choices}){also} - rerun with --text and the query you meant: "
+            f"{queries}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

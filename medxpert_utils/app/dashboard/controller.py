@@ -43,11 +43,16 @@ from medxpert_utils.app.dashboard.render import (
     gallery_html,
     hits_csv,
     query_check_html,
+    question_prompt,
     report_html,
     to_json,
+    transcript_html,
 )
 from medxpert_utils.app.dashboard.widgets import (
     action_button,
+    ask_box,
+    ask_choice,
+    ask_prompt,
     audio_upload_button,
     gemini_checkbox,
     header,
@@ -64,6 +69,7 @@ from medxpert_utils.app.dashboard.widgets import (
 from medxpert_utils.assistant import Assistant, QueryImage
 from medxpert_utils.core import config, io
 from medxpert_utils.core.errors import UserError
+from medxpert_utils.speech.transcript import Transcript
 from medxpert_utils.viz.html import esc, png_bytes
 
 MAX_QUERY_CHARS = 2000
@@ -85,6 +91,9 @@ class Dashboard:
         self.report: Any = None
         self.timings: dict[str, float] = {}
         self.max_upload_mb, self.save_uploads = 20.0, False
+        self.min_confidence = config.AsrParams().min_confidence  # the run's asr.min_confidence once it is read
+        self.asking: Transcript | None = None  # a transcript with side or level words to confirm before searching
+        self.answers: list[str] = []  # the answers so far, one per question of self.asking
         pick_error = None
         try:
             selected = pick_run(run_dir, self.environ)
@@ -100,6 +109,7 @@ class Dashboard:
         self.recorder = Recorder()
         self.audio_upload = audio_upload_button()
         self.heard = widgets.HTML()
+        self.ask = ask_box()
         self.k = k_slider(5)
         self.model = model_toggle()
         self.gemini, self.gemini_note = gemini_checkbox(gemini_available(self.environ))
@@ -132,7 +142,7 @@ class Dashboard:
         self.search_button.on_click(self._on_search)
         self.clear_button.on_click(self._on_clear)
         self.show_hits_button.on_click(self._on_show_hits)
-        self.query.observe(lambda change: self._set_error(""), names="value")
+        self.query.observe(self._on_query_edit, names="value")
         self.heat_choice.observe(lambda change: self._guard(lambda: self.show_heatmap(change["new"])), names="value")
         self.recorder.observe(self._on_recording, names="count")
         self.recorder.observe(self._on_recorder_error, names="error")
@@ -144,6 +154,7 @@ class Dashboard:
             widgets.HBox([self.runs, self.run_message]),
             widgets.HBox([self.upload, self.clear_button]),
             widgets.HBox([self.recorder, self.audio_upload, self.heard]),
+            self.ask,
             self.query,
             widgets.HBox([self.k, self.model]),
             widgets.HBox([self.gemini, self.gemini_note]),
@@ -169,6 +180,7 @@ class Dashboard:
         """Switch to ``run_dir``: a new assistant, params, and a message instead of controls when it is not ready."""
         self.run_dir = Path(run_dir) if run_dir else None
         self.assistant = None
+        self.clear_questions()
         self._clear_results(keep_image=False)
         self._set_error("")
         problem = run_problem(self.run_dir, self.model.value)
@@ -183,6 +195,7 @@ class Dashboard:
                 # Gemini is offered whenever a key is set; it starts ticked unless the run chose offline reports.
                 self.gemini.value = not self.gemini.disabled and params.report.generator != "offline"
                 self.recorder.max_seconds = params.asr.max_seconds
+                self.min_confidence = cfg.asr.min_confidence
             except UserError as exc:
                 problem = str(exc)
         shown = display_run(self.run_dir) if self.run_dir is not None else ""
@@ -226,6 +239,7 @@ class Dashboard:
 
     def load_upload(self, value: Sequence[dict] | dict) -> None:
         """Validate and decode an upload (once: pixels and facts), show it, then search, caption and report on it."""
+        self.clear_questions()
         self._set_error("")
         try:
             upload = read_upload(value, self.max_upload_mb)
@@ -249,6 +263,7 @@ class Dashboard:
 
     # spoken questions
     def _on_recording(self, _change: dict) -> None:
+        self.clear_questions()  # a new recording answers them, even one that fails to decode
         with self.log:
             self._guard(lambda: self.hear(*self.recorder.audio()))
 
@@ -259,6 +274,7 @@ class Dashboard:
     def _on_audio_upload(self, change: dict) -> None:
         if not change["new"]:
             return
+        self.clear_questions()
         with self.log:
             try:
                 self._guard(lambda: self._hear_upload(change["new"]))
@@ -274,7 +290,10 @@ class Dashboard:
                       str(item.get("name") or "audio"))
 
     def hear(self, audio: bytes, name: str) -> None:
-        """Transcribe a spoken question into the query box (editable), then search with it."""
+        """Transcribe a spoken question into the query box (editable), then search with it; where a side or level
+        word is unsure (``transcript.ask``), ask which one was meant first and search once every question is
+        answered."""
+        self.clear_questions()
         self._set_error("")
         self.heard.value = ""
         if self.assistant is None:
@@ -287,13 +306,71 @@ class Dashboard:
             self.status.value = ""
         self.query.value = transcript.text
         self.timings = {}
+        then = ("answer the question below, or edit the query and press Search" if transcript.ask else
+                "edit the query and press Search to correct it")
         self.heard.value = (f'<span class="mx-note mx-heard">Heard ({esc(transcript.backend)}, '
                             f'{transcript.seconds:.1f} s, transcribed in {transcript.elapsed_s:.2f} s): '
-                            f'<b class="mx-transcript">{esc(transcript.text)}</b> - edit the query and press '
-                            'Search to correct it.</span>')
+                            f'<b class="mx-transcript">{transcript_html(transcript, self.min_confidence)}</b> - '
+                            f'{esc(then)}.</span>')
+        if transcript.ask:
+            self._clear_results(keep_image=self.upload_query is not None)  # no stale results under the question
+            self.asking, self.answers = transcript, []
+            self._ask_next()
+            return
         self.analyse()
 
+    def _ask_next(self) -> None:
+        """Show the first unanswered question of ``self.asking`` with one button per choice."""
+        asking = self.asking
+        assert asking is not None
+        index, questions = len(self.answers), asking.ask
+        question = questions[index]
+        count = f" ({index + 1} of {len(questions)})" if len(questions) > 1 else ""
+        buttons = []
+        for choice in question.choices:
+            button = ask_choice(choice)
+            button.on_click(lambda _button, t=asking, i=index, c=choice: self._on_answer(t, i, c))
+            buttons.append(button)
+        self.ask.children = (ask_prompt(question_prompt(question, asking.text.split()) + count), *buttons)
+        self.ask.layout.display = ""
+        self.status.value = '<span class="mx-note mx-asking">Not searched yet: answer the question above.</span>'
+
+    def _on_answer(self, asking: Transcript, index: int, choice: str) -> None:
+        if asking is not self.asking or index != len(self.answers):
+            return  # a button of a question already answered or dropped
+        with self.log:
+            self._guard(lambda: self.answer(choice))
+
+    def answer(self, choice: str) -> None:
+        """Answer the open question; once every question is answered, the chosen words become the query and the
+        search runs."""
+        if self.asking is None:
+            return
+        self.answers.append(choice)
+        if len(self.answers) < len(self.asking.ask):
+            self._ask_next()
+            return
+        chosen = self.asking.choose(self.answers)
+        self.clear_questions()
+        self.query.value = chosen.text
+        self.analyse()
+
+    def clear_questions(self) -> None:
+        """Drop the questions still open (a new query, upload or recording replaces what they were about)."""
+        if self.asking is None and not self.ask.children:
+            return
+        self.asking, self.answers = None, []
+        self.ask.children = ()
+        self.ask.layout.display = "none"
+        if "mx-asking" in self.status.value:
+            self.status.value = ""
+
+    def _on_query_edit(self, _change: dict) -> None:
+        self._set_error("")
+        self.clear_questions()
+
     def _on_search(self, _button: widgets.Button | None = None) -> None:
+        self.clear_questions()
         with self.log:
             self._guard(self.analyse)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from medxpert_utils.core.notices import DISCLAIMER
 from medxpert_utils.core.paths import PROJECT_ROOT, data_dir
+from medxpert_utils.speech.transcript import SIDES, Question, Transcript
 from medxpert_utils.viz.html import data_uri, esc, thumbnail_uri
 
 
@@ -87,9 +88,37 @@ CSS = """<style>
 .mx-report td,.mx-report th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 .mx-download{margin-right:12px}
 .mx-ood{background:#fde2e1;border:1px solid #a4161a;color:#5c0b0e;padding:8px 10px;border-radius:4px}
+.mx-unsure{background:#ffe08a;color:inherit;border-bottom:2px dotted #b8860b;padding:0 1px;cursor:help}
+.mx-ask{background:#fff8e1;border:1px solid #e0a800;border-radius:4px;padding:4px 8px;margin:4px 0;gap:6px}
+.mx-ask-prompt{font-weight:600;color:#5c4400}
 </style>"""
 
 
+
+
+def transcript_html(transcript: Transcript, min_confidence: float) -> str:
+    """The heard words, each one heard with confidence below ``min_confidence`` marked (the text as is when the
+    recogniser gave no words)."""
+    if not transcript.words:
+        return esc(transcript.text)
+    unsure = set(transcript.low_confidence(min_confidence))
+    return " ".join(f'<mark class="mx-unsure" title="heard with low confidence">{esc(w.text)}</mark>' if i in unsure
+                    else esc(w.text) for i, w in enumerate(transcript.words))
+
+
+def question_prompt(question: Question, words: Sequence[str]) -> str:
+    """One question about a side or level word as plain text, e.g. "Heard 'right' with low confidence: which
+    side?" (``words``: the transcript's words, which the question's position counts)."""
+    kind = "side" if set(SIDES) & set(question.choices) else "level"
+    if not question.heard:
+        at = question.position
+        where = f" after '{words[at - 1]}'" if 0 < at <= len(words) else f" before '{words[0]}'" if words else ""
+        return f"A {kind} word may be missing{where}: which {kind}?"
+    if question.reason == "low confidence":
+        return f"Heard '{question.heard}' with low confidence: which {kind}?"
+    rivals = [c for c in question.choices[1:] if c]
+    maybe = f", but it may have been '{rivals[0]}'" if rivals else ""
+    return f"Heard '{question.heard}'{maybe}: which {kind}?"
 
 
 def query_check_html(check: Any) -> str:

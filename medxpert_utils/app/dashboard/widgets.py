@@ -83,3 +83,25 @@ def image_view() -> widgets.Image:
 
 def section(title: str, *children: widgets.Widget) -> widgets.VBox:
     return widgets.VBox([widgets.HTML(f"<h3 style='margin:6px 0 2px'>{esc(title)}</h3>"), *children])
+
+
+def ask_box() -> widgets.HBox:
+    """Where a side or level word is confirmed before searching (a prompt, then a button per choice); hidden until
+    the recogniser is unsure of one."""
+    box = widgets.HBox(layout=widgets.Layout(display="none", align_items="center", flex_flow="row wrap"))
+    box.add_class("mx-ask")
+    return box
+
+
+def ask_prompt(text: str) -> widgets.HTML:
+    prompt = widgets.HTML(f'<span class="mx-ask-prompt">{esc(text)}</span>')
+    prompt.add_class("mx-ask-question")
+    return prompt
+
+
+def ask_choice(choice: str) -> widgets.Button:
+    """One answer to a question: the word, or "none" for no word."""
+    button = widgets.Button(description=choice or "none", tooltip=f"search with '{choice}'" if choice else
+                            "search without a word here", layout=widgets.Layout(width="auto"))
+    button.add_class("mx-ask-choice")
+    return button
