@@ -25,17 +25,14 @@ from collections.abc import Sequence
 from medxpert_utils.speech import language
 from medxpert_utils.speech.transcript import Word
 
-# Tuned on benchmarks/bench_asr.py's development queries (never its benchmark queries):
+# Tuned on benchmarks/bench_asr.py's development queries (an earlier list; see DEV_QUERIES there):
 FIRST_SURE = 0.7  # Moonshine is sure of a word at this probability...
 SECOND_UNSURE = 0.6  # ...and PocketSphinx unsure of its words below this mean posterior
 
 
-def first_words(words: Sequence[str], probs: Sequence[float]) -> list[Word]:
+def first_words(words: Sequence[Word]) -> list[Word]:
     """Moonshine's words normalised as the run's language is ("3rd" -> "third"), each keeping its probability."""
-    out = []
-    for word, prob in zip(words, probs):
-        out += [Word(w, prob) for w in language.words(word)]
-    return out
+    return [Word(w, word.confidence) for word in words for w in language.words(word.text)]
 
 
 def combine(second: Sequence[Word], first: Sequence[Word], first_sure: float = FIRST_SURE,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,9 @@ import numpy as np
 from medxpert_utils.core import io
 from medxpert_utils.core.errors import UserError
 from medxpert_utils.core.paths import data_dir
+from medxpert_utils.speech.audio import RATE
+from medxpert_utils.speech.transcript import Word
 
-RATE = 16000
 LAYERS, HEADS, HEAD_DIM = 8, 8, 52  # Moonshine base's decoder
 START, END = 1, 2
 TOKENS_PER_SECOND = 6.5  # the upper bound on tokens per second of speech Moonshine's own runtime uses
@@ -104,27 +104,16 @@ def _name_subgraphs(graph, name: str) -> None:
                 _name_subgraphs(attribute.g, f"{node.name}_{attribute.name}")
 
 
-@dataclass(frozen=True)
-class Heard:
-    words: list[str]
-    confidence: list[float]  # per word: its least likely token's probability
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.words)
-
-
 class Moonshine:
-    """Moonshine base on ONNX Runtime: ``transcribe(samples)`` (16 kHz mono float32) -> :class:`Heard`."""
+    """Moonshine base on ONNX Runtime: ``transcribe(samples)`` (16 kHz mono float32) -> its words as written, each
+    with its least likely token's probability."""
 
-    def __init__(self, folder: Path | None = None, threads: int | None = None):
+    def __init__(self, folder: Path | None = None):
         import onnxruntime as ort
 
         folder = folder or prepare()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
         options.log_severity_level = 3  # warnings about hardware-specific layouts are not the user's concern
         self.encoder = ort.InferenceSession(str(folder / "encoder_model.onnx"), options,
                                             providers=["CPUExecutionProvider"])
@@ -133,7 +122,7 @@ class Moonshine:
         self.tokens = read_tokens(wheel_models() / "tokenizer.bin")
         self.lock = threading.Lock()
 
-    def transcribe(self, samples: np.ndarray) -> Heard:
+    def transcribe(self, samples: np.ndarray) -> list[Word]:
         pad = np.zeros(int(PAD_SECONDS * RATE), dtype=np.float32)
         audio = np.concatenate([pad, samples.astype(np.float32), pad])[None]
         with self.lock:
@@ -159,7 +148,7 @@ class Moonshine:
                         past[key] = value
         return self._words(picked)
 
-    def _words(self, picked: list[tuple[int, float]]) -> Heard:
+    def _words(self, picked: list[tuple[int, float]]) -> list[Word]:
         words: list[list] = []
         for token, prob in picked:
             piece = self.tokens[token].decode("utf-8", errors="replace") if token > END else ""
@@ -170,5 +159,4 @@ class Moonshine:
             else:
                 words[-1][0] += piece
                 words[-1][1] = min(words[-1][1], prob)
-        words = [w for w in words if w[0]]
-        return Heard([w for w, _ in words], [p for _, p in words])
+        return [Word(text, prob) for text, prob in words if text]

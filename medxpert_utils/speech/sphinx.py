@@ -177,7 +177,7 @@ def merge(base: Grams, extra: Grams) -> Grams:
     return tuple(b + e for b, e in zip(base, extra))  # type: ignore[return-value]
 
 
-# Tuned on benchmarks/bench_asr.py's development queries (never its benchmark queries), WER 23% -> 16% there:
+# Tuned on benchmarks/bench_asr.py's development queries (an earlier list; see DEV_QUERIES there), WER 23% -> 16%:
 # each first-pass word run counts as this many sentences: enough for PocketSphinx to hear an everyday word the
 # reports lack, few enough that the run's medical words still win where Moonshine misspells them ("plural
 # effusion");
@@ -208,21 +208,21 @@ class BiasedRecognizer:
                       if line.strip()}
         self.weight, self.min_prob = weight, min_prob
         self.decoder = Decoder(_config(self.base.lm, self.base.dictionary, lw=HINT_LW))
-        self.scratch = Path(tempfile.mkdtemp(prefix="medxpert-asr-"))
+        self.scratch = tempfile.TemporaryDirectory(prefix="medxpert-asr-")  # removed with the recogniser
         self.lock = threading.Lock()
 
-    def hints(self, words: Sequence[str], probs: Sequence[float]) -> list[Hint]:
+    def hints(self, words: Sequence[Word]) -> list[Hint]:
         """The first pass's runs of likely words, normalised (an unlikely word ends a run and is left out); a run
         starts or ends the sentence only where the first pass's transcript does."""
         runs: list[list[int]] = [[]]
-        for i, prob in enumerate(probs):
-            if prob < self.min_prob:
+        for i, word in enumerate(words):
+            if (word.confidence or 0.0) < self.min_prob:
                 runs.append([])
             else:
                 runs[-1].append(i)
         out = []
         for run in runs:
-            text = language.normalise(" ".join(words[i] for i in run))
+            text = language.normalise(" ".join(words[i].text for i in run))
             if text:
                 out.append(Hint(text, run[0] == 0, run[-1] == len(words) - 1))
         return out
@@ -240,7 +240,7 @@ class BiasedRecognizer:
                 grams = self.grams
                 for hint in usable:
                     grams = merge(grams, count([hint.text], self.weight, hint.starts, hint.ends))
-                path = self.scratch / "utterance.arpa"
+                path = Path(self.scratch.name) / "utterance.arpa"
                 path.write_text(arpa(grams))
                 self.decoder.add_lm_file("utterance", str(path))
                 self.decoder.activate_search("utterance")

@@ -120,9 +120,9 @@ def _hybrid(cfg: Config) -> Callable[[Audio], Heard]:
     second = BiasedRecognizer(language.corpus(_reports(cfg)), cfg.run_dir / "asr")
 
     def run(audio: Audio) -> Heard:
-        heard = first.transcribe(audio.samples)
-        words = second.words(_padded(audio), second.hints(heard.words, heard.confidence))
-        ones = first_words(heard.words, heard.confidence)
+        written = first.transcribe(audio.samples)
+        words = second.words(_padded(audio), second.hints(written))
+        ones = first_words(written)
         return Heard(combine(words, ones), [w.text for w in ones])
 
     return run

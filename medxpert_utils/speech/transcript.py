@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-SIDES = ("left", "right", "bilateral")
+from medxpert_utils.speech.language import SIDES
+
 LEVELS = ("upper", "middle", "lower")
 GROUPS = (SIDES, LEVELS)
 LOBES = ("lobe", "lobes")  # said after a level word ("upper lobe"), whose loss would go unnoticed
 # Words that sound like a side or level word, as a general recogniser may spell them ("Wright knew Mithorex").
 SOUNDS_LIKE = {"write": "right", "wright": "right", "rite": "right", "lift": "left", "lefts": "left",
-               "lover": "lower", "flower": "lower", "upper's": "upper", "middel": "middle"}
+               "lover": "lower", "flower": "lower"}
 
 
 def group_of(word: str) -> tuple[str, ...] | None:

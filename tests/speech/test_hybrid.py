@@ -39,7 +39,7 @@ def test_combine_takes_the_first_pass_where_it_is_sure_and_the_second_is_not():
 
 
 def test_first_pass_words_are_normalised_like_the_runs_language():
-    words = first_words(["Left", "3rd", "X-ray."], [0.9, 0.8, 0.7])
+    words = first_words([Word("Left", 0.9), Word("3rd", 0.8), Word("X-ray.", 0.7)])
     assert [(w.text, w.confidence) for w in words] == [("left", 0.9), ("third", 0.8), ("x", 0.7), ("ray", 0.7)]
 
 
